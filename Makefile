@@ -1,0 +1,29 @@
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo benchmark clean
+
+# Create .venv and install the package with its test tools; redone when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py --output-dir runs/demo
+
+benchmark: $(STAMP)
+	$(PY) scripts/benchmark.py losses
+	$(PY) scripts/benchmark.py train-step
+	$(PY) scripts/benchmark.py inference
+
+clean:
+	rm -rf runs build dist *.egg-info .pytest_cache
