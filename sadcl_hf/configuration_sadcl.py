@@ -1,0 +1,167 @@
+"""SADCL model configuration."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+__all__ = ["COCO_LABELS", "SADCL_PRESETS", "SADCLConfig"]
+
+# The 80 MS-COCO categories in the benchmark's standard order (ascending category id).
+COCO_LABELS = [
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+]
+
+_COCO_ID2LABEL = dict(enumerate(COCO_LABELS))
+
+# Named configurations for `SADCLConfig.from_preset`. Every field not listed keeps the class default, which is
+# the paper's COCO setting (ResNet-101, 448 px, hidden 2048, 1 encoder + 2 decoder layers, 4 heads, FFN 8192).
+SADCL_PRESETS: dict[str, dict[str, Any]] = {
+    "paper-r101-448": {"id2label": _COCO_ID2LABEL},
+    "paper-r101-576": {"id2label": _COCO_ID2LABEL, "image_size": 576},
+    # Fast on CPU: the tests and `make demo` (64 px digit mosaics, 10 classes).
+    "tiny": {
+        "backbone": "resnet10t.c3_in1k",
+        "use_pretrained_backbone": False,
+        "backbone_kwargs": {"output_stride": 16},
+        "backbone_frozen_stages": -1,
+        "freeze_backbone_batch_norm": False,
+        "image_size": 64,
+        "hidden_dim": 128,
+        "num_attention_heads": 4,
+        "dim_feedforward": 256,
+        "projection_dim": 128,
+        "id2label": {i: str(i) for i in range(10)},
+    },
+}
+
+
+@strict
+class SADCLConfig(PreTrainedConfig):
+    r"""Configuration of a SADCL model (Ma et al., ECAI 2023): a timm backbone, a Query2Label transformer that gives
+    one label-level feature per class, a group-wise linear classifier, a projector and class prototypes for the dual
+    contrastive objective. The defaults are the paper's MS-COCO model (`SADCLConfig.from_preset("paper-r101-448")`
+    adds the 80 COCO label names).
+
+    Args:
+        backbone (`str`): any timm model name (`timm.list_models()`); its last feature map feeds the transformer.
+        use_pretrained_backbone (`bool`): load the timm ImageNet weights when the model is built from this config.
+            Never used by `from_pretrained`, whose checkpoint already holds the backbone.
+        backbone_kwargs (`dict`, *optional*): extra `timm.create_model` arguments (e.g. `{"output_stride": 16}`).
+        freeze_backbone_batch_norm (`bool`): replace BatchNorm by FrozenBatchNorm2d (statistics and affine fixed), as the paper.
+        backbone_frozen_stages (`int`): freeze the backbone up to and including timm feature level N
+            (ResNets: 0 = stem, 1 = stem + layer1, the paper's setting); -1 trains everything.
+        image_size (`int`): training/evaluation resolution (square).
+        hidden_dim (`int`): transformer width D (= size of a label-level feature).
+        num_encoder_layers / num_decoder_layers / num_attention_heads / dim_feedforward / dropout: the transformer.
+        use_input_projection (`bool`, *optional*): 1x1 conv from the backbone's channels to `hidden_dim`;
+            `None` adds it only when the two differ (the official `keep_input_proj=False`).
+        projection_dim (`int`): output size of the contrastive projector (1024 in the paper).
+        image_mean / image_std (`list[float]`, *optional*): input normalisation; `None` takes the backbone's timm `pretrained_cfg`.
+        objective (`str`): `"sadcl"` (ASL + SSCL + PSCL, eq. 12) or `"asl"` (the SARL baseline).
+        asl_gamma_neg / asl_gamma_pos / asl_clip / asl_eps: asymmetric loss settings (the released COCO run: 0, 0, 0, 1e-5).
+        sscl_weight / pscl_weight (`float`): loss weights (100 and 50 in the paper).
+        sscl_temperature / sscl_base_temperature / pscl_temperature (`float`): contrastive temperatures.
+        sscl_mode (`str`): `"reference"` (the released code, the paper's numbers) or `"corrected"` (the paper's equation).
+        memory_bank_threshold (`float`): a positive label-level feature enters the memory bank when sigmoid(logit) exceeds it.
+        prototype_threshold (`float`): confidence a positive needs to contribute to a class prototype.
+        thresholds (`list[float]`, *optional*): per-class decision thresholds (calibrated); `None` means 0.5 everywhere.
+    """
+
+    model_type = "sadcl"
+    keys_to_ignore_at_inference = [
+        "label_features",
+        "projected_label_features",
+        "attentions",
+        "asl_loss",
+        "sscl_loss",
+        "pscl_loss",
+    ]
+
+    backbone: str = "resnet101.tv_in1k"
+    use_pretrained_backbone: bool = True
+    backbone_kwargs: dict | None = None
+    freeze_backbone_batch_norm: bool = True
+    backbone_frozen_stages: int = 1
+    image_size: int = 448
+    hidden_dim: int = 2048
+    num_encoder_layers: int = 1
+    num_decoder_layers: int = 2
+    num_attention_heads: int = 4
+    dim_feedforward: int = 8192
+    dropout: float | int = 0.1
+    use_input_projection: bool | None = None
+    projection_dim: int = 1024
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+    objective: str = "sadcl"
+    asl_gamma_neg: float | int = 0.0
+    asl_gamma_pos: float | int = 0.0
+    asl_clip: float | int = 0.0
+    asl_eps: float = 1e-5
+    sscl_weight: float | int = 100.0
+    pscl_weight: float | int = 50.0
+    sscl_temperature: float = 0.2
+    sscl_base_temperature: float = 0.2
+    sscl_mode: str = "reference"
+    pscl_temperature: float = 0.07
+    memory_bank_threshold: float = 0.8
+    prototype_threshold: float = 0.85
+    thresholds: list[float] | None = None
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        kwargs.setdefault("problem_type", "multi_label_classification")
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        """Checks the fields against each other; raises `ValueError` naming the field."""
+        super().validate_architecture()
+        if self.hidden_dim % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_dim ({self.hidden_dim}) must be divisible by num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.hidden_dim % 2 != 0:
+            raise ValueError(f"hidden_dim ({self.hidden_dim}) must be even for the sine position encoding")
+        if self.objective not in ("sadcl", "asl"):
+            raise ValueError(f"objective must be 'sadcl' or 'asl', got {self.objective!r}")
+        if self.sscl_mode not in ("reference", "corrected"):
+            raise ValueError(f"sscl_mode must be 'reference' or 'corrected', got {self.sscl_mode!r}")
+        if self.thresholds is not None and len(self.thresholds) != self.num_labels:
+            raise ValueError(
+                f"thresholds has {len(self.thresholds)} entries but the model has {self.num_labels} labels"
+            )
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != 3:
+                raise ValueError(f"{name} must have 3 entries (RGB), got {value}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "SADCLConfig":
+        """Builds a named configuration (`SADCL_PRESETS`), e.g. `from_preset("tiny", num_labels=3)`.
+
+        Passing `num_labels` or `id2label` replaces the preset's label names.
+        """
+        if name not in SADCL_PRESETS:
+            raise ValueError(f"unknown SADCL preset {name!r}; available: {sorted(SADCL_PRESETS)}")
+        values = copy.deepcopy(SADCL_PRESETS[name])
+        if "num_labels" in overrides or "id2label" in overrides or "label2id" in overrides:
+            values.pop("id2label", None)
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def label_names(self) -> list[str]:
+        """Label names in class-index order."""
+        return [self.id2label[i] for i in range(self.num_labels)]

@@ -1,0 +1,39 @@
+"""The image processor saved with every SADCL model: resize to `image_size`, rescale, normalise as the backbone expects."""
+
+from __future__ import annotations
+
+import timm
+from transformers import ViTImageProcessor
+from transformers.image_utils import PILImageResampling
+
+from .configuration_sadcl import SADCLConfig
+
+__all__ = ["backbone_normalization", "image_processor_for_config"]
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def backbone_normalization(config: SADCLConfig) -> tuple[list[float], list[float]]:
+    """(mean, std): the config's own, else the timm backbone's `pretrained_cfg`, else ImageNet's."""
+    mean, std = config.image_mean, config.image_std
+    if mean is None or std is None:
+        pretrained_cfg = timm.get_pretrained_cfg(config.backbone)
+        mean = mean or list(getattr(pretrained_cfg, "mean", None) or _IMAGENET_MEAN)
+        std = std or list(getattr(pretrained_cfg, "std", None) or _IMAGENET_STD)
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def image_processor_for_config(config: SADCLConfig) -> ViTImageProcessor:
+    """The evaluation preprocessing of the paper (bilinear resize to a square `image_size`, ToTensor, Normalize)
+    as a transformers image processor, so `AutoImageProcessor` and `pipeline(...)` need no custom code."""
+    mean, std = backbone_normalization(config)
+    return ViTImageProcessor(
+        do_resize=True,
+        size={"height": config.image_size, "width": config.image_size},
+        resample=PILImageResampling.BILINEAR,
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=mean,
+        image_std=std,
+    )

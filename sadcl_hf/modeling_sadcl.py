@@ -1,0 +1,438 @@
+"""SADCL: Semantic-Aware Dual Contrastive Learning for multi-label image classification (Ma et al., ECAI 2023).
+
+SARL (semantic-aware representation learning, Sec. 3.1): a timm backbone's last feature map, a sine position
+encoding and a Query2Label transformer (post-norm encoder; decoder layers with cross-attention only, one learned
+query per class) give one label-level feature per class; a group-wise linear layer turns each into a logit.
+The dual contrastive objective (Sec. 3.2-3.3) works on projected label-level features, a memory bank of recent
+confident positives and learnable class prototypes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import timm
+import torch
+from timm.utils.model import freeze, freeze_batch_norm_2d
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_sadcl import SADCLConfig
+from .losses import SADCLLoss
+
+__all__ = [
+    "SADCLForImageClassification",
+    "SADCLImageClassifierOutput",
+    "SADCLModel",
+    "SADCLModelOutput",
+    "SADCLPreTrainedModel",
+]
+
+
+@dataclass
+class SADCLModelOutput(ModelOutput):
+    """
+    Args:
+        label_features (`torch.FloatTensor` [B, K, D]): one label-level feature per class (last decoder layer, after
+            the decoder norm).
+        feature_map (`torch.FloatTensor` [B, D, H, W]): the (projected) backbone feature map the decoder attends to.
+        attentions (`tuple(torch.FloatTensor)`, one [B, K, H, W] per decoder layer): class-to-pixel cross-attention
+            maps averaged over heads; returned with `output_attentions=True`.
+    """
+
+    label_features: torch.FloatTensor | None = None
+    feature_map: torch.FloatTensor | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class SADCLImageClassifierOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` []): the training objective (eq. 12: ASL + w_s * SSCL + w_p * PSCL; ASL alone when
+            `config.objective == "asl"`), given `labels`.
+        logits (`torch.FloatTensor` [B, K]): one logit per class (sigmoid gives the probability).
+        label_features (`torch.FloatTensor` [B, K, D]): label-level features.
+        projected_label_features (`torch.FloatTensor` [B, K, P]): label-level features through the projector.
+        attentions: see `SADCLModelOutput`.
+        asl_loss / sscl_loss / pscl_loss (`torch.FloatTensor` []): the objective's components, given `labels`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    label_features: torch.FloatTensor | None = None
+    projected_label_features: torch.FloatTensor | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    asl_loss: torch.FloatTensor | None = None
+    sscl_loss: torch.FloatTensor | None = None
+    pscl_loss: torch.FloatTensor | None = None
+
+
+def _is_meta_init() -> bool:
+    """True inside `from_pretrained`'s meta-device construction, where no weights must be downloaded."""
+    return torch.empty(0).device.type == "meta"
+
+
+class SADCLBackbone(nn.Module):
+    """Any timm model as a feature extractor: pixel_values [B, 3, H, W] -> feature map [B, C, H/s, W/s].
+
+    Uses timm's `features_only` (last level); channels-last outputs (Swin, ...) are permuted to channels-first.
+    BatchNorm is frozen and early stages are frozen as the config says (timm's `freeze` helpers).
+    """
+
+    def __init__(self, config: SADCLConfig):
+        super().__init__()
+        pretrained = config.use_pretrained_backbone and not _is_meta_init()
+        self.body = timm.create_model(
+            config.backbone,
+            pretrained=pretrained,
+            features_only=True,
+            out_indices=(-1,),
+            **(config.backbone_kwargs or {}),
+        )
+        self.num_channels = self.body.feature_info.channels()[-1]
+        self.reduction = self.body.feature_info.reduction()[-1]
+        self.channels_last = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
+        if config.freeze_backbone_batch_norm:
+            self.body = freeze_batch_norm_2d(self.body)
+        if config.backbone_frozen_stages >= 0:
+            freeze(self.body, self._frozen_children(config.backbone_frozen_stages))
+        # timm initialised (or loaded) these weights; transformers must not re-initialise them.
+        for module in self.body.modules():
+            module._is_hf_initialized = True
+
+    def _frozen_children(self, level: int) -> list[str]:
+        """Names of the top-level backbone modules up to and including feature level `level`."""
+        info = self.body.feature_info.info
+        if level >= len(info):
+            raise ValueError(f"backbone_frozen_stages={level} but the backbone has {len(info)} feature levels")
+        target = info[level]["module"].replace(".", "_")
+        children = [name for name, _ in self.body.named_children()]
+        for i, name in enumerate(children):
+            if target == name or target.startswith(name + "_"):
+                return children[: i + 1]
+        raise ValueError(
+            f"backbone_frozen_stages is not supported for backbone {type(self.body).__name__} "
+            f"(no top-level module for feature level {level}); set it to -1"
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        feature_map = self.body(pixel_values)[-1]
+        if self.channels_last:
+            feature_map = feature_map.permute(0, 3, 1, 2)
+        return feature_map
+
+
+class SADCLSinePositionEncoding(nn.Module):
+    """DETR's normalised sine position encoding (Query2Label): [B, D, H, W] -> [1, D, H, W], D/2 features per axis."""
+
+    def __init__(self, hidden_dim: int, temperature: float = 10000.0):
+        super().__init__()
+        self.num_pos_feats = hidden_dim // 2
+        self.temperature = temperature
+        self.scale = 2 * math.pi
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        height, width = feature_map.shape[-2:]
+        device = feature_map.device
+        eps = 1e-6
+        y_embed = torch.arange(1, height + 1, device=device, dtype=torch.float32)[:, None].expand(height, width)
+        x_embed = torch.arange(1, width + 1, device=device, dtype=torch.float32)[None, :].expand(height, width)
+        y_embed = y_embed / (height + eps) * self.scale
+        x_embed = x_embed / (width + eps) * self.scale
+        dim_t = torch.arange(self.num_pos_feats, device=device, dtype=torch.float32)
+        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
+        pos_x = x_embed[..., None] / dim_t
+        pos_y = y_embed[..., None] / dim_t
+        pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=-1).flatten(2)
+        pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=-1).flatten(2)
+        return torch.cat((pos_y, pos_x), dim=-1).permute(2, 0, 1).unsqueeze(0).to(feature_map.dtype)
+
+
+class SADCLEncoderLayer(nn.Module):
+    """Post-norm DETR encoder layer: self-attention (position added to queries and keys), then a ReLU FFN."""
+
+    def __init__(self, config: SADCLConfig):
+        super().__init__()
+        dim = config.hidden_dim
+        self.self_attn = nn.MultiheadAttention(dim, config.num_attention_heads, dropout=config.dropout, batch_first=True)
+        self.self_attn_norm = nn.LayerNorm(dim)
+        self.linear1 = nn.Linear(dim, config.dim_feedforward)
+        self.linear2 = nn.Linear(config.dim_feedforward, dim)
+        self.ffn_norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """hidden_states, position: [B, HW, D] -> [B, HW, D]."""
+        query = hidden_states + position
+        attended = self.self_attn(query, query, hidden_states, need_weights=False)[0]
+        hidden_states = self.self_attn_norm(hidden_states + self.dropout(attended))
+        ffn = self.linear2(self.dropout(torch.relu(self.linear1(hidden_states))))
+        return self.ffn_norm(hidden_states + self.dropout(ffn))
+
+
+class SADCLDecoderLayer(nn.Module):
+    """Query2Label decoder layer: cross-attention from class queries to pixels (no self-attention), then a ReLU FFN."""
+
+    def __init__(self, config: SADCLConfig):
+        super().__init__()
+        dim = config.hidden_dim
+        self.cross_attn = nn.MultiheadAttention(dim, config.num_attention_heads, dropout=config.dropout, batch_first=True)
+        self.cross_attn_norm = nn.LayerNorm(dim)
+        self.linear1 = nn.Linear(dim, config.dim_feedforward)
+        self.linear2 = nn.Linear(config.dim_feedforward, dim)
+        self.ffn_norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        query_position: torch.Tensor,
+        memory: torch.Tensor,
+        position: torch.Tensor,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """queries [B, K, D], query_position [1, K, D], memory/position [B, HW, D] -> ([B, K, D], [B, K, HW] or None)."""
+        attended, weights = self.cross_attn(
+            queries + query_position, memory + position, memory, need_weights=output_attentions
+        )
+        queries = self.cross_attn_norm(queries + self.dropout(attended))
+        ffn = self.linear2(self.dropout(torch.relu(self.linear1(queries))))
+        return self.ffn_norm(queries + self.dropout(ffn)), weights
+
+
+class SADCLTransformerEncoder(nn.Module):
+    def __init__(self, config: SADCLConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(SADCLEncoderLayer(config) for _ in range(config.num_encoder_layers))
+
+    def forward(self, hidden_states: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, position)
+        return hidden_states
+
+
+class SADCLTransformerDecoder(nn.Module):
+    def __init__(self, config: SADCLConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(SADCLDecoderLayer(config) for _ in range(config.num_decoder_layers))
+        self.norm = nn.LayerNorm(config.hidden_dim)
+
+    def forward(self, query_embed, memory, position, output_attentions=False):
+        """query_embed [K, D], memory/position [B, HW, D] -> (label features [B, K, D], attention weights per layer)."""
+        query_position = query_embed.unsqueeze(0)
+        queries = torch.zeros(memory.shape[0], *query_embed.shape, dtype=memory.dtype, device=memory.device)
+        attentions = []
+        for layer in self.layers:
+            queries, weights = layer(queries, query_position, memory, position, output_attentions)
+            attentions.append(weights)
+        return self.norm(queries), attentions
+
+
+class SADCLTransformer(nn.Module):
+    def __init__(self, config: SADCLConfig):
+        super().__init__()
+        self.encoder = SADCLTransformerEncoder(config)
+        self.decoder = SADCLTransformerDecoder(config)
+
+
+class SADCLPreTrainedModel(PreTrainedModel):
+    config_class = SADCLConfig
+    base_model_prefix = "sadcl"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["SADCLEncoderLayer", "SADCLDecoderLayer"]
+    _keys_to_ignore_on_load_unexpected = [r"memory_bank"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Query2Label's init: Xavier-uniform for the transformer's matrices; the backbone keeps timm's weights."""
+        if getattr(module, "_is_hf_initialized", False):
+            return
+        if isinstance(module, nn.MultiheadAttention):
+            init.xavier_uniform_(module.in_proj_weight)
+            init.zeros_(module.in_proj_bias)
+            init.xavier_uniform_(module.out_proj.weight)
+            init.zeros_(module.out_proj.bias)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=1.0)
+        elif isinstance(module, SADCLGroupWiseLinear):
+            bound = 1.0 / math.sqrt(module.weight.shape[-1])
+            init.uniform_(module.weight, -bound, bound)
+            init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, SADCLForImageClassification):
+            init.normal_(module.prototypes, std=1.0)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Saves weights (safetensors) and config; with remote code registered, `auto_map` lists all three Auto classes."""
+        if getattr(self, "_auto_class", None) is not None:
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoConfig": "configuration_sadcl.SADCLConfig",
+                "AutoModel": "modeling_sadcl.SADCLModel",
+                "AutoModelForImageClassification": "modeling_sadcl.SADCLForImageClassification",
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class SADCLModel(SADCLPreTrainedModel):
+    """SARL: pixel_values [B, 3, H, W] -> label-level features [B, K, D] (Sec. 3.1, eqs. 1-3)."""
+
+    def __init__(self, config: SADCLConfig):
+        super().__init__(config)
+        self.backbone = SADCLBackbone(config)
+        use_projection = config.use_input_projection
+        if use_projection is None:
+            use_projection = self.backbone.num_channels != config.hidden_dim
+        if not use_projection and self.backbone.num_channels != config.hidden_dim:
+            raise ValueError(
+                f"backbone {config.backbone!r} gives {self.backbone.num_channels} channels but hidden_dim is "
+                f"{config.hidden_dim}: set use_input_projection=True (or None)"
+            )
+        self.input_projection = (
+            nn.Conv2d(self.backbone.num_channels, config.hidden_dim, kernel_size=1) if use_projection else nn.Identity()
+        )
+        self.position_encoding = SADCLSinePositionEncoding(config.hidden_dim)
+        self.transformer = SADCLTransformer(config)
+        self.query_embed = nn.Embedding(config.num_labels, config.hidden_dim)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SADCLModelOutput | tuple:
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        feature_map = self.input_projection(self.backbone(pixel_values))
+        batch_size, dim, height, width = feature_map.shape
+        position = self.position_encoding(feature_map).flatten(2).transpose(1, 2)
+        memory = feature_map.flatten(2).transpose(1, 2)
+        memory = self.transformer.encoder(memory, position)
+        label_features, weights = self.transformer.decoder(self.query_embed.weight, memory, position, output_attentions)
+        attentions = None
+        if output_attentions:
+            attentions = tuple(w.reshape(batch_size, -1, height, width) for w in weights)
+        output = SADCLModelOutput(label_features=label_features, feature_map=feature_map, attentions=attentions)
+        return output if return_dict else output.to_tuple()
+
+
+class SADCLGroupWiseLinear(nn.Module):
+    """Group-wise linear classifier: logits[b, k] = <W[k], h[b, k]> + b[k] (eq. 4). [B, K, D] -> [B, K]."""
+
+    def __init__(self, num_labels: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_labels, dim))
+        self.bias = nn.Parameter(torch.empty(num_labels))
+
+    def forward(self, label_features: torch.Tensor) -> torch.Tensor:
+        return (label_features * self.weight).sum(-1) + self.bias
+
+
+class SADCLForImageClassification(SADCLPreTrainedModel):
+    """SADCL multi-label classifier: SARL + group-wise linear logits, with projector, prototypes and memory bank for
+    the dual contrastive objective.
+
+    The memory bank ([N, K, D] raw label-level features, one row per slot of the training batch) is training state,
+    not a weight: a non-persistent buffer, so an inference checkpoint does not depend on the training batch size.
+    It is (re)started from the prototypes when a batch is larger than it, a smaller batch (the last of an epoch) uses
+    its first rows, and `SADCLTrainer` saves and restores it with each checkpoint (`memory_bank.safetensors`).
+    """
+
+    def __init__(self, config: SADCLConfig):
+        super().__init__(config)
+        self.sadcl = SADCLModel(config)
+        self.classifier = SADCLGroupWiseLinear(config.num_labels, config.hidden_dim)
+        self.projector = nn.Sequential(
+            nn.Linear(config.hidden_dim, config.hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(config.hidden_dim, config.projection_dim),
+        )
+        self.prototypes = nn.Parameter(torch.empty(config.num_labels, config.hidden_dim))
+        self.register_buffer("memory_bank", torch.zeros(0, config.num_labels, config.hidden_dim), persistent=False)
+        self.criterion = SADCLLoss.from_config(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SADCLImageClassifierOutput | tuple:
+        """pixel_values [B, 3, H, W]; labels (optional) multi-hot [B, K].
+
+        In training mode with labels, the memory bank is updated after the loss is computed (no gradient): rows where
+        the label is 1 and sigmoid(logit) > `config.memory_bank_threshold` take the new label-level feature.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.sadcl(pixel_values, output_attentions=output_attentions, return_dict=True)
+        label_features = outputs.label_features
+        logits = self.classifier(label_features)
+        projected = self.projector(label_features)
+
+        loss = asl = sscl = pscl = None
+        if labels is not None:
+            labels = labels.to(logits.dtype)
+            if labels.shape != logits.shape:
+                raise ValueError(f"labels must be multi-hot of shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
+            if self.config.objective == "sadcl":
+                bank = self.memory_bank_for_batch(logits.shape[0])
+                result = self.criterion(
+                    logits, labels, projected, self.projector(bank.to(projected.dtype)), self.projector(self.prototypes)
+                )
+                if self.training:
+                    self.update_memory_bank(label_features, logits, labels)
+            else:
+                result = self.criterion(logits, labels)
+            loss, asl, sscl, pscl = result.loss, result.asl, result.sscl, result.pscl
+
+        output = SADCLImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            label_features=label_features,
+            projected_label_features=projected,
+            attentions=outputs.attentions,
+            asl_loss=asl,
+            sscl_loss=sscl,
+            pscl_loss=pscl,
+        )
+        return output if return_dict else output.to_tuple()
+
+    @torch.no_grad()
+    def memory_bank_for_batch(self, batch_size: int) -> torch.Tensor:
+        """The memory bank's first `batch_size` rows [B, K, D]; a bank smaller than the batch restarts from the prototypes."""
+        if self.memory_bank.shape[0] < batch_size:
+            self.reset_memory_bank(batch_size)
+        return self.memory_bank[:batch_size]
+
+    @torch.no_grad()
+    def reset_memory_bank(self, size: int) -> None:
+        """Fills a bank of `size` rows with the current prototypes (the state before the first training step)."""
+        self.memory_bank = self.prototypes.detach().float().unsqueeze(0).repeat(size, 1, 1)
+
+    @torch.no_grad()
+    def update_memory_bank(self, label_features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Rows b < B, classes k with labels[b, k] == 1 and sigmoid(logits[b, k]) > threshold take label_features[b, k].
+
+        The bank is replaced, not written in place, so tensors saved for the backward pass stay valid.
+        """
+        batch_size = logits.shape[0]
+        bank = self.memory_bank_for_batch(batch_size)
+        confident = (labels > 0.5) & (torch.sigmoid(logits.float()) > self.config.memory_bank_threshold)
+        updated = torch.where(confident.unsqueeze(-1), label_features.detach().float(), bank)
+        self.memory_bank = torch.cat([updated, self.memory_bank[batch_size:]], dim=0)
