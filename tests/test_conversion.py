@@ -1,0 +1,88 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sadcl_hf import SADCLForImageClassification
+from sadcl_hf.conversion import convert_official_checkpoint, convert_official_state_dict
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_official_checkpoint.py"
+
+
+@pytest.fixture(scope="module")
+def official(reference_dir):
+    model_dir = reference_dir / "model"
+    return {
+        "checkpoint": model_dir / "official_tiny_state_dict.fp16.safetensors",
+        "io": load_file(model_dir / "official_tiny_io.safetensors"),
+        "config": json.loads((model_dir / "official_tiny_config.json").read_text()),
+    }
+
+
+def _assert_matches_official(model, io):
+    model.eval()
+    with torch.no_grad():
+        out = model(io["pixel_values"].float())
+        projected_prototypes = model.projector(model.prototypes)
+    for name in ("logits", "label_features", "projected_label_features"):
+        error = (getattr(out, name) - io[name].float()).abs().max().item()
+        assert error < 1e-4, f"{name}: max abs error {error}"
+    assert (projected_prototypes - io["projected_prototypes"][0].float()).abs().max().item() < 1e-4
+
+
+def test_architecture_is_inferred_from_shapes(official):
+    state_dict = load_file(official["checkpoint"])
+    config, converted = convert_official_state_dict(state_dict)
+    reference = official["config"]
+    assert config.backbone == "resnet18.tv_in1k"
+    assert config.hidden_dim == reference["hidden_dim"]
+    assert config.num_encoder_layers == reference["enc_layers"]
+    assert config.num_decoder_layers == reference["dec_layers"]
+    assert config.dim_feedforward == reference["dim_feedforward"]
+    assert config.num_labels == reference["num_class"]
+    assert config.image_size == reference["image_size"]
+    assert config.use_input_projection is False
+    assert "memory_bank" not in converted and not any(key.endswith(".pe") for key in converted)
+
+
+def test_converted_safetensors_reproduces_official_outputs(official, tmp_path):
+    convert_official_checkpoint(official["checkpoint"], tmp_path / "out")
+    model = SADCLForImageClassification.from_pretrained(tmp_path / "out")
+    _assert_matches_official(model, official["io"])
+
+
+def test_script_converts_a_pth_with_module_prefix_and_label_file(official, tmp_path):
+    state_dict = {f"module.{key}": value for key, value in load_file(official["checkpoint"]).items()}
+    checkpoint = tmp_path / "model_best.pth.tar"
+    torch.save({"state_dict": state_dict, "epoch": 7}, checkpoint)
+    names = tmp_path / "labels.txt"
+    names.write_text("cat\ndog\nbird\nfish\nhorse\n")
+    output = tmp_path / "converted"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(checkpoint), str(output), "--num-heads", "4", "--id2label", str(names)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(output)
+    assert model.config.label_names == ["cat", "dog", "bird", "fish", "horse"]
+    _assert_matches_official(model, official["io"])
+    processor = AutoImageProcessor.from_pretrained(output)
+    assert processor.size == {"height": 128, "width": 128}
+
+
+def test_wrong_label_count_and_foreign_checkpoints_are_rejected(official, tmp_path):
+    state_dict = load_file(official["checkpoint"])
+    with pytest.raises(ValueError, match="3 names but the checkpoint has 5 classes"):
+        convert_official_state_dict(state_dict, id2label={0: "a", 1: "b", 2: "c"})
+    with pytest.raises(ValueError, match="query_embed.weight"):
+        convert_official_state_dict({"conv.weight": torch.zeros(1)})
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        convert_official_checkpoint(tmp_path / "missing.pth", tmp_path / "out")
