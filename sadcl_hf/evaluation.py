@@ -1,0 +1,368 @@
+"""Multi-label classification metrics as reported in the SADCL paper.
+
+* **mAP** — per class, VOC-style average precision with the precision envelope (all-point interpolation, as in
+  the VOC 2010+ devkit and Query2Label's ``voc_ap``), averaged over classes, in percent.
+* **CP, CR, CF1, OP, OR, OF1** — per-class (C) and overall (O) precision, recall and F1 at a score threshold
+  (0.5 on probabilities), and the same for the top-3 predictions per image (ML-GCN's ``AveragePrecisionMeter``).
+
+All results are in percent. Conventions that the released code leaves open are fixed here and documented where
+they apply:
+
+* **Ties in AP.** Samples with equal scores for a class are one block: the precision/recall curve gets one point
+  per distinct score (the operating point "predict every sample whose score is >= s"), like
+  ``sklearn.metrics.precision_recall_curve``. The result does not depend on the order of the samples and equals
+  the released code's result when negatives are ranked ahead of positives inside each tie. Without ties it is
+  exactly Query2Label's ``voc_mAP``; with ties the released code's value depends on the (unstable) order that
+  ``np.argsort`` happens to give.
+* **Classes without positives.** Their AP is undefined: :func:`average_precision` returns NaN there (as the
+  released code does) and :func:`mean_average_precision` leaves them out of the mean with a warning.
+* **Empty denominators in CP/CR/OP/OR.** Following ML-GCN (``Np[Np == 0] = 1``), a count of 0 in a denominator is
+  replaced by 1, so the precision of a class with no predictions is 0; the same guard is applied to the number of
+  ground-truth labels (recall of a class without positives is 0) and F1 is 0 when precision + recall is 0.
+  Every result is finite.
+* **Top-k.** As in ML-GCN's ``overall_topk``, a label is predicted in the top-k setting when it is among the
+  image's k highest scores *and* its score reaches the threshold (``score >= threshold``). Ties between classes
+  inside an image are broken towards the lower class index.
+* **CF1** is ML-GCN's ``2 * CP * CR / (CP + CR)``. (The unused helper in the official SADCL repository averages
+  per-class F1 instead and thresholds with ``>``; for continuous scores ``>`` and ``>=`` agree.)
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+__all__ = [
+    "METRIC_PATH",
+    "MultiLabelMetrics",
+    "average_precision",
+    "compute_metrics",
+    "load_metric",
+    "mean_average_precision",
+    "multilabel_metrics",
+    "per_class_f1_thresholds",
+]
+
+METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "multilabel_map"
+"""Directory of the ``evaluate`` metric module (``evaluate.load(str(METRIC_PATH))``)."""
+
+_DEFAULT_THRESHOLD = 0.5
+
+
+def _to_numpy(array: Any, name: str) -> np.ndarray:
+    """Converts a numpy array, torch tensor or nested sequence to a numpy array."""
+    if hasattr(array, "detach") and hasattr(array, "cpu"):
+        array = array.detach().cpu()
+        if array.is_floating_point():
+            array = array.double()
+        array = array.numpy()
+    try:
+        return np.asarray(array)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"`{name}` must be a numpy array or torch tensor, got {type(array).__name__}") from error
+
+
+def _check_scores_targets(scores: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validates and converts ``scores`` [N, K] (float64) and same-shape 0/1 ``targets`` (bool)."""
+    scores = _to_numpy(scores, "scores")
+    targets = _to_numpy(targets, "targets")
+    if scores.ndim != 2 or scores.shape[0] == 0 or scores.shape[1] == 0:
+        raise ValueError(
+            f"`scores` must have shape [N, K] (N >= 1 images, K >= 1 classes), got shape {tuple(scores.shape)}"
+        )
+    if targets.shape != scores.shape:
+        raise ValueError(
+            f"`targets` must be 0/1 multi-hot labels with the same shape as `scores` {tuple(scores.shape)}, "
+            f"got shape {tuple(targets.shape)}"
+        )
+    if not (np.issubdtype(scores.dtype, np.number) or scores.dtype == bool):
+        raise TypeError(f"`scores` must be numeric, got dtype {scores.dtype}")
+    scores = scores.astype(np.float64)
+    if np.isnan(scores).any():
+        raise ValueError("`scores` contains NaN")
+    if not (np.issubdtype(targets.dtype, np.number) or targets.dtype == bool):
+        raise TypeError(f"`targets` must be 0/1 multi-hot labels, got dtype {targets.dtype}")
+    if not np.isin(targets, (0, 1)).all():
+        found = np.unique(targets[~np.isin(targets, (0, 1))])[:5].tolist()
+        raise ValueError(f"`targets` must be 0/1 multi-hot labels, found values {found}")
+    return scores, targets.astype(bool)
+
+
+def _check_probabilities(scores: np.ndarray) -> None:
+    if scores.min() < 0.0 or scores.max() > 1.0:
+        raise ValueError(
+            "`scores` must be probabilities in [0, 1] (found values in "
+            f"[{scores.min():.4g}, {scores.max():.4g}]); apply a sigmoid to logits first, or use `compute_metrics`"
+        )
+
+
+def _check_threshold(threshold: Any, num_classes: int) -> np.ndarray:
+    """Returns ``threshold`` as an array broadcastable against [N, K] scores: a scalar or one value per class."""
+    threshold = _to_numpy(threshold, "threshold").astype(np.float64)
+    if threshold.ndim == 0:
+        return threshold
+    if threshold.shape != (num_classes,):
+        raise ValueError(
+            f"`threshold` must be a scalar or an array of shape [K] = [{num_classes}], got shape {threshold.shape}"
+        )
+    if np.isnan(threshold).any():
+        raise ValueError("`threshold` contains NaN")
+    return threshold
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function."""
+    return np.exp(-np.logaddexp(0.0, -logits))
+
+
+def _sort_descending(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorts each class (column) by descending score.
+
+    Returns the sorted scores [N, K], sorted targets [N, K] and a mask [N, K] that is True at the last sample of
+    each block of equal scores, i.e. at the operating points "predict every sample whose score is >= s".
+    """
+    order = np.argsort(-scores, axis=0, kind="stable")
+    sorted_scores = np.take_along_axis(scores, order, axis=0)
+    sorted_targets = np.take_along_axis(targets, order, axis=0)
+    is_block_end = np.ones_like(sorted_targets, dtype=bool)
+    is_block_end[:-1] = sorted_scores[:-1] != sorted_scores[1:]
+    return sorted_scores, sorted_targets, is_block_end
+
+
+def average_precision(scores: Any, targets: Any) -> np.ndarray:
+    """Per-class VOC average precision with the precision envelope (all-point interpolation), as a fraction.
+
+    AP_k = sum_j (r_j - r_{j-1}) * max_{j' >= j} p_{j'} over the operating points j of class k, i.e. Query2Label's
+    ``voc_ap``. Samples with equal scores form one operating point (see the module docstring), which makes the
+    result independent of the sample order.
+
+    Args:
+        scores: [N, K] scores of N images for K classes (probabilities or logits: only the ranking matters).
+        targets: [N, K] 0/1 multi-hot ground truth.
+
+    Returns:
+        [K] float64 array of APs in [0, 1]; NaN for classes without a positive in ``targets``.
+    """
+    scores, targets = _check_scores_targets(scores, targets)
+    _, sorted_targets, is_block_end = _sort_descending(scores, targets)
+    true_positives = np.cumsum(sorted_targets, axis=0)
+    num_predicted = np.arange(1, scores.shape[0] + 1, dtype=np.float64)[:, None]
+    precision = np.where(is_block_end, true_positives / num_predicted, 0.0)
+    # Envelope: the precision used for a sample is the best precision at its own or any later operating point.
+    envelope = np.flip(np.maximum.accumulate(np.flip(precision, axis=0), axis=0), axis=0)
+    num_positives = sorted_targets.sum(axis=0)
+    # Each positive raises recall by 1 / num_positives at its block's operating point.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (envelope * sorted_targets).sum(axis=0) / num_positives
+    return np.where(num_positives > 0, ap, np.nan)
+
+
+def mean_average_precision(scores: Any, targets: Any) -> float:
+    """mAP in percent: the mean of :func:`average_precision` over the classes that have a positive.
+
+    Classes without a positive in ``targets`` are left out of the mean with a ``UserWarning`` (the released code
+    returns NaN there). Returns NaN, with a warning, when no class has a positive.
+    """
+    per_class_ap = average_precision(scores, targets)
+    undefined = np.flatnonzero(np.isnan(per_class_ap))
+    if undefined.size == per_class_ap.size:
+        warnings.warn("mAP is undefined: no class has a positive label in `targets`", UserWarning, stacklevel=2)
+        return float("nan")
+    if undefined.size:
+        shown = ", ".join(str(index) for index in undefined[:20]) + (", ..." if undefined.size > 20 else "")
+        warnings.warn(
+            f"{undefined.size} of {per_class_ap.size} classes have no positive label and are left out of the mAP "
+            f"(class indices: {shown})",
+            UserWarning,
+            stacklevel=2,
+        )
+    return float(np.nanmean(per_class_ap) * 100.0)
+
+
+def _precision_recall_f1(predicted: np.ndarray, targets: np.ndarray, suffix: str = "") -> dict[str, float]:
+    """CP, CR, CF1, OP, OR, OF1 (percent) of boolean ``predicted`` [N, K] against boolean ``targets`` [N, K]."""
+    num_correct = (predicted & targets).sum(axis=0).astype(np.float64)
+    num_predicted = predicted.sum(axis=0).astype(np.float64)
+    num_ground_truth = targets.sum(axis=0).astype(np.float64)
+
+    def f1(precision: float, recall: float) -> float:
+        return 2.0 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+    per_class_precision = float(np.mean(num_correct / np.maximum(num_predicted, 1.0)))
+    per_class_recall = float(np.mean(num_correct / np.maximum(num_ground_truth, 1.0)))
+    overall_precision = float(num_correct.sum() / max(num_predicted.sum(), 1.0))
+    overall_recall = float(num_correct.sum() / max(num_ground_truth.sum(), 1.0))
+    values = {
+        "cp": per_class_precision,
+        "cr": per_class_recall,
+        "cf1": f1(per_class_precision, per_class_recall),
+        "op": overall_precision,
+        "or": overall_recall,
+        "of1": f1(overall_precision, overall_recall),
+    }
+    return {f"{name}{suffix}": value * 100.0 for name, value in values.items()}
+
+
+def multilabel_metrics(
+    scores: Any,
+    targets: Any,
+    threshold: float | Sequence[float] | np.ndarray = _DEFAULT_THRESHOLD,
+    top_k: int | None = 3,
+) -> dict[str, float]:
+    """All SADCL evaluation metrics, in percent.
+
+    Args:
+        scores: [N, K] probabilities (after the sigmoid).
+        targets: [N, K] 0/1 multi-hot ground truth.
+        threshold: a label is predicted when its probability is ``>= threshold``; a scalar or one value per class
+            ([K]).
+        top_k: also report the metrics for the top-k predictions per image (labels among the image's ``top_k``
+            highest scores that also reach the threshold), under the names ``<metric>_top<k>``; ``None`` skips them.
+
+    Returns:
+        ``{"map", "cp", "cr", "cf1", "op", "or", "of1"}`` and, for ``top_k=3``, ``cp_top3`` ... ``of1_top3``.
+        See the module docstring for ties, classes without positives and empty denominators.
+    """
+    scores, targets = _check_scores_targets(scores, targets)
+    _check_probabilities(scores)
+    threshold = _check_threshold(threshold, scores.shape[1])
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ValueError(f"`top_k` must be a positive integer or None, got {top_k!r}")
+
+    results = {"map": mean_average_precision(scores, targets)}
+    predicted = scores >= threshold
+    results.update(_precision_recall_f1(predicted, targets))
+    if top_k is not None:
+        top_indices = np.argsort(-scores, axis=1, kind="stable")[:, : min(int(top_k), scores.shape[1])]
+        in_top_k = np.zeros_like(predicted)
+        np.put_along_axis(in_top_k, top_indices, True, axis=1)
+        results.update(_precision_recall_f1(predicted & in_top_k, targets, suffix=f"_top{int(top_k)}"))
+    return results
+
+
+def per_class_f1_thresholds(
+    scores: Any,
+    targets: Any,
+    candidates: Sequence[float] | np.ndarray | None = None,
+    default_threshold: float = _DEFAULT_THRESHOLD,
+) -> np.ndarray:
+    """Per class, the threshold that maximises the class's F1 on the given data (for threshold calibration).
+
+    A class predicts the samples whose score is ``>= threshold``, so F1 = 2 TP / (#predicted + #positives).
+
+    Args:
+        scores: [N, K] scores (probabilities, to be used with :func:`multilabel_metrics`).
+        targets: [N, K] 0/1 multi-hot ground truth.
+        candidates: thresholds to choose from (1-D). ``None`` uses each class's distinct scores, i.e. every
+            operating point on the data.
+        default_threshold: returned for classes without a positive and for classes whose best F1 is 0 (no
+            candidate predicts any positive).
+
+    Returns:
+        [K] float64 thresholds. When several thresholds reach the best F1, the highest one (fewest predictions)
+        is returned. Applied with ``scores >= thresholds``, they reproduce each class's best F1 on this data.
+    """
+    scores, targets = _check_scores_targets(scores, targets)
+    num_samples, num_classes = scores.shape
+    num_positives = targets.sum(axis=0)
+    sorted_scores, sorted_targets, is_block_end = _sort_descending(scores, targets)
+    true_positives = np.cumsum(sorted_targets, axis=0)
+
+    if candidates is None:
+        num_predicted = np.arange(1, num_samples + 1, dtype=np.float64)[:, None]
+        f1 = np.where(is_block_end, 2.0 * true_positives / (num_predicted + num_positives), -1.0)
+        best = np.argmax(f1, axis=0)  # first maximum in descending score order = highest threshold
+        best_f1 = f1[best, np.arange(num_classes)]
+        thresholds = sorted_scores[best, np.arange(num_classes)]
+    else:
+        candidates = _to_numpy(candidates, "candidates").astype(np.float64)
+        if candidates.ndim != 1 or candidates.size == 0 or np.isnan(candidates).any():
+            raise ValueError(f"`candidates` must be a non-empty 1-D array of thresholds, got shape {candidates.shape}")
+        candidates = np.sort(candidates)[::-1]
+        true_positives = np.concatenate([np.zeros((1, num_classes)), true_positives], axis=0)
+        f1 = np.empty((candidates.size, num_classes))
+        for class_index in range(num_classes):
+            # Number of samples with score >= candidate, from the ascending sequence of negated sorted scores.
+            num_predicted = np.searchsorted(-sorted_scores[:, class_index], -candidates, side="right")
+            f1[:, class_index] = (
+                2.0 * true_positives[num_predicted, class_index] / (num_predicted + num_positives[class_index])
+            )
+        best = np.argmax(np.nan_to_num(f1, nan=0.0), axis=0)
+        best_f1 = np.nan_to_num(f1[best, np.arange(num_classes)], nan=0.0)
+        thresholds = candidates[best]
+
+    return np.where((num_positives > 0) & (best_f1 > 0), thresholds, float(default_threshold))
+
+
+def _unpack_eval_prediction(eval_pred: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (logits [N, K], label_ids [N, K]) from an ``EvalPrediction`` or a (predictions, label_ids) pair."""
+    if hasattr(eval_pred, "predictions") and hasattr(eval_pred, "label_ids"):
+        predictions, label_ids = eval_pred.predictions, eval_pred.label_ids
+    elif isinstance(eval_pred, (tuple, list)) and len(eval_pred) == 2:
+        predictions, label_ids = eval_pred
+    else:
+        raise TypeError(
+            "expected a transformers.EvalPrediction (or a (predictions, label_ids) pair), "
+            f"got {type(eval_pred).__name__}"
+        )
+    if isinstance(predictions, (tuple, list)):
+        if len(predictions) == 0:
+            raise ValueError("`eval_pred.predictions` is an empty tuple; expected logits [N, K] as its first element")
+        predictions = predictions[0]
+    if label_ids is None:
+        raise ValueError("`eval_pred.label_ids` is None: the evaluation dataset must provide multi-hot `labels`")
+    return _to_numpy(predictions, "eval_pred.predictions"), _to_numpy(label_ids, "eval_pred.label_ids")
+
+
+class MultiLabelMetrics:
+    """``compute_metrics`` callable for ``transformers.Trainer`` with a custom threshold.
+
+    Args:
+        threshold: probability threshold, a scalar or one value per class ([K], e.g. from
+            :func:`per_class_f1_thresholds`).
+        top_k: see :func:`multilabel_metrics`.
+
+    Calling it with an ``EvalPrediction`` whose ``predictions`` are logits [N, K] (or a tuple whose first element
+    is the logits) and whose ``label_ids`` are multi-hot [N, K] applies a sigmoid and returns
+    :func:`multilabel_metrics`.
+    """
+
+    def __init__(self, threshold: float | Sequence[float] | np.ndarray = _DEFAULT_THRESHOLD, top_k: int | None = 3):
+        threshold = _to_numpy(threshold, "threshold").astype(np.float64)
+        if threshold.ndim > 1 or np.isnan(threshold).any():
+            raise ValueError(
+                f"`threshold` must be a scalar or a 1-D array [K] without NaN, got shape {threshold.shape}"
+            )
+        self.threshold = threshold
+        self.top_k = top_k
+
+    def __call__(self, eval_pred: Any) -> dict[str, float]:
+        logits, label_ids = _unpack_eval_prediction(eval_pred)
+        if logits.ndim != 2:
+            raise ValueError(f"`eval_pred.predictions` must be logits of shape [N, K], got shape {tuple(logits.shape)}")
+        probabilities = _sigmoid(logits.astype(np.float64))
+        return multilabel_metrics(probabilities, label_ids, threshold=self.threshold, top_k=self.top_k)
+
+    def __repr__(self) -> str:
+        threshold = float(self.threshold) if self.threshold.ndim == 0 else f"array of {self.threshold.size}"
+        return f"{type(self).__name__}(threshold={threshold}, top_k={self.top_k})"
+
+
+def compute_metrics(eval_pred: Any) -> dict[str, float]:
+    """``transformers.Trainer(compute_metrics=compute_metrics)``: all metrics at threshold 0.5 and top-3, in percent.
+
+    ``eval_pred.predictions`` are logits [N, K] (or a tuple whose first element is the logits);
+    ``eval_pred.label_ids`` are multi-hot [N, K].
+    """
+    return MultiLabelMetrics()(eval_pred)
+
+
+def load_metric(**kwargs: Any):
+    """Loads the packaged ``evaluate`` metric (works offline): ``evaluate.load(str(METRIC_PATH), **kwargs)``."""
+    import evaluate
+
+    return evaluate.load(str(METRIC_PATH), **kwargs)

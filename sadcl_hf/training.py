@@ -1,0 +1,291 @@
+"""The training entry point behind `scripts/train.py`: argument dataclasses, config-file parsing and the paper's
+two-stage recipe (`--stage baseline`, then `--stage sadcl`; or `--stage single`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from transformers import EarlyStoppingCallback, HfArgumentParser, set_seed
+
+from .configuration_sadcl import SADCLConfig
+from .data import (
+    MultiLabelCollator,
+    build_eval_transform,
+    build_train_transform,
+    label_names,
+    load_multilabel_dataset,
+)
+from .image_processing import backbone_normalization, image_processor_for_config
+from .modeling_sadcl import SADCLForImageClassification
+from .prototypes import compute_prototypes, load_prototypes, save_prototypes
+from .trainer import SADCLTrainer, SADCLTrainingArguments
+
+__all__ = [
+    "DataArguments",
+    "ModelArguments",
+    "STAGES",
+    "build_model",
+    "default_splits",
+    "parse_arguments",
+    "read_config_file",
+    "run_training",
+]
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("baseline", "sadcl", "single")
+_DEFAULT_SPLITS = {
+    "coco2014": ("train", "val"),
+    "coco2017": ("train", "val"),
+    "voc2007": ("trainval", "test"),
+    "voc2012": ("train", "val"),
+    "nuswide": ("train", "test"),
+    "vg500": ("train", "test"),
+    "digits-mosaic": ("train", "validation"),
+}
+
+
+@dataclass
+class ModelArguments:
+    stage: str = field(
+        default="single",
+        metadata={
+            "help": "'baseline': SARL + ASL (stage 1); 'sadcl': full objective from a stage-1 model and its prototypes "
+            "(stage 2); 'single': full objective from scratch with online prototypes."
+        },
+    )
+    preset: str = field(default="paper-r101-448", metadata={"help": "SADCLConfig preset for a new model."})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Start from this sadcl-hf model folder or Hub id (stage 2: the stage-1 model)."}
+    )
+    backbone: str | None = field(default=None, metadata={"help": "Any timm model name (overrides the preset)."})
+    use_pretrained_backbone: bool | None = field(default=None, metadata={"help": "Load timm ImageNet weights."})
+    image_size: int | None = field(default=None, metadata={"help": "Training and evaluation resolution."})
+    sscl_mode: str | None = field(default=None, metadata={"help": "'reference' (paper) or 'corrected'."})
+    config_overrides: str | None = field(
+        default=None, metadata={"help": "Other SADCLConfig fields, as a JSON object (or a mapping in --config)."}
+    )
+    prototypes: str | None = field(
+        default=None, metadata={"help": "Stage 'sadcl': prototypes file (.npy/.safetensors) instead of computing them."}
+    )
+    online_prototype_fraction: float = field(
+        default=0.1, metadata={"help": "Stage 'single': fraction of the steps with online prototypes."}
+    )
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"--stage must be one of {STAGES}, got {self.stage!r}")
+        if isinstance(self.config_overrides, str):
+            self.config_overrides = json.loads(self.config_overrides)
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(default="digits-mosaic", metadata={"help": "Dataset name (sadcl_hf.data.DATASET_NAMES)."})
+    dataset_root: str | None = field(default=None, metadata={"help": "The dataset's folder as distributed."})
+    train_split: str | None = field(default=None, metadata={"help": "Training split (default: the benchmark's)."})
+    eval_split: str | None = field(default=None, metadata={"help": "Evaluation split (default: the benchmark's)."})
+    dataset_options: str | None = field(
+        default=None, metadata={"help": "Extra loader options, as a JSON object (or a mapping in --config)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
+    resize_margin: int = field(default=64, metadata={"help": "Training resize is image_size + margin before cropping."})
+    hflip: bool = field(default=True, metadata={"help": "Random horizontal flips."})
+    randaugment: bool = field(default=False, metadata={"help": "RandAugment in training."})
+    cutout: bool = field(default=False, metadata={"help": "Cutout (random erasing) in training."})
+
+    def __post_init__(self):
+        if isinstance(self.dataset_options, str):
+            self.dataset_options = json.loads(self.dataset_options)
+
+
+def parse_arguments(argv: list[str] | None = None):
+    """(ModelArguments, DataArguments, SADCLTrainingArguments) from `--config FILE` (YAML/JSON) and the command line;
+    the command line wins. An unknown field, in the file or on the command line, is an error naming it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, SADCLTrainingArguments))
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise SystemExit("--config needs a file")
+        path = Path(argv[index + 1])
+        del argv[index : index + 2]
+        parser.set_defaults(**read_config_file(path))
+    *arguments, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if remaining:
+        raise SystemExit(f"unknown argument(s) {remaining}; see `scripts/train.py --help`")
+    return tuple(arguments)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Argument values from a YAML/JSON file; an unknown name is an error naming the file and the field."""
+    if not path.is_file():
+        raise SystemExit(f"--config: no such file {path}")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise SystemExit(f"{path}: expected a mapping of argument names to values")
+    known = {f.name for cls in (ModelArguments, DataArguments, SADCLTrainingArguments) for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SystemExit(f"{path}: unknown field(s) {unknown}; see `scripts/train.py --help`")
+    for name in ("config_overrides", "dataset_options"):
+        if isinstance(values.get(name), dict):
+            values[name] = json.dumps(values[name])
+    return values
+
+
+def default_splits(dataset: str) -> tuple[str, str]:
+    """The benchmark's (training, evaluation) splits."""
+    return _DEFAULT_SPLITS.get(dataset.lower().replace("_", "-"), ("train", "validation"))
+
+
+def _load_split(data_args: DataArguments, split: str, limit: int | None):
+    if data_args.dataset_root is not None and not Path(data_args.dataset_root).exists():
+        raise FileNotFoundError(
+            f"dataset_root {data_args.dataset_root!r} (for dataset {data_args.dataset!r}) does not exist"
+        )
+    dataset = load_multilabel_dataset(
+        data_args.dataset, root=data_args.dataset_root, split=split, **(data_args.dataset_options or {})
+    )
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    return dataset
+
+
+def build_model(model_args: ModelArguments, names: list[str]) -> SADCLForImageClassification:
+    """A new model from the preset (with the dataset's label names), or a saved one whose labels must match."""
+    overrides = dict(model_args.config_overrides or {})
+    for name in ("backbone", "use_pretrained_backbone", "image_size", "sscl_mode"):
+        if getattr(model_args, name) is not None:
+            overrides[name] = getattr(model_args, name)
+    overrides["objective"] = "asl" if model_args.stage == "baseline" else "sadcl"
+    if model_args.model_name_or_path is None:
+        config = SADCLConfig.from_preset(model_args.preset, id2label=dict(enumerate(names)), **overrides)
+        return SADCLForImageClassification(config)
+    model = SADCLForImageClassification.from_pretrained(model_args.model_name_or_path)
+    if model.config.label_names != names:
+        raise ValueError(
+            f"{model_args.model_name_or_path}: its labels {model.config.label_names[:5]}... do not match the "
+            f"dataset's {names[:5]}... ({model.config.num_labels} vs {len(names)} classes)"
+        )
+    architecture_fields = {"backbone", "image_size", "hidden_dim", "num_labels", "use_pretrained_backbone"}
+    for name, value in overrides.items():
+        if name in architecture_fields and getattr(model.config, name) != value:
+            raise ValueError(f"cannot change {name} of the saved model {model_args.model_name_or_path}")
+        setattr(model.config, name, value)
+    model.criterion = type(model.criterion).from_config(model.config)
+    return model
+
+
+def _total_steps(training_args: SADCLTrainingArguments, num_examples: int) -> int:
+    if training_args.max_steps > 0:
+        return training_args.max_steps
+    batch = training_args.per_device_train_batch_size * training_args.world_size
+    batch *= training_args.gradient_accumulation_steps
+    return math.ceil(num_examples / batch) * math.ceil(training_args.num_train_epochs)
+
+
+def run_training(
+    model_args: ModelArguments, data_args: DataArguments, training_args: SADCLTrainingArguments
+) -> dict[str, Any]:
+    """Runs one stage of the recipe; writes checkpoints, `OUTPUT_DIR/model`, `all_results.json` and
+    `train_log.json` to `training_args.output_dir`. Returns the final evaluation metrics."""
+    output_dir = Path(training_args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if training_args.should_save:
+        handler = logging.FileHandler(output_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+    set_seed(training_args.seed)
+
+    default_train, default_eval = default_splits(data_args.dataset)
+    train_split = data_args.train_split or default_train
+    eval_split = data_args.eval_split or default_eval
+    train_dataset = _load_split(data_args, train_split, data_args.max_train_samples)
+    eval_dataset = _load_split(data_args, eval_split, data_args.max_eval_samples)
+    names = label_names(train_dataset)
+
+    model = build_model(model_args, names)
+    config = model.config
+    mean, std = backbone_normalization(config)
+    train_collator = MultiLabelCollator(
+        config.num_labels,
+        build_train_transform(
+            config.image_size,
+            mean,
+            std,
+            resize_margin=data_args.resize_margin,
+            hflip=data_args.hflip,
+            randaugment=data_args.randaugment,
+            cutout=data_args.cutout,
+        ),
+    )
+    eval_collator = MultiLabelCollator(config.num_labels, build_eval_transform(config.image_size, mean, std))
+
+    if model_args.stage == "baseline":
+        model.prototypes.requires_grad_(False)
+        model.projector.requires_grad_(False)
+    elif model_args.stage == "sadcl":
+        _initialise_prototypes(model, model_args, train_dataset, eval_collator, training_args, output_dir)
+    else:
+        steps = _total_steps(training_args, len(train_dataset))
+        training_args.online_prototype_steps = training_args.online_prototype_steps or max(
+            1, round(model_args.online_prototype_fraction * steps)
+        )
+
+    callbacks = []
+    if training_args.load_best_model_at_end and training_args.metric_for_best_model:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=3))
+    trainer = SADCLTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=train_collator,
+        eval_data_collator=eval_collator,
+        processing_class=image_processor_for_config(config),
+        callbacks=callbacks,
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_metrics("train", train_result.metrics)
+    metrics = trainer.evaluate()
+    trainer.save_metrics("eval", metrics)
+    trainer.save_final_model(output_dir / "model")
+    if training_args.should_save:
+        (output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=2))
+    return {**train_result.metrics, **metrics}
+
+
+def _initialise_prototypes(model, model_args, train_dataset, collator, training_args, output_dir: Path) -> None:
+    """Stage 2: prototypes from a file, or from the stage-1 model (mean confident positive label feature)."""
+    if model_args.prototypes is not None:
+        prototypes = load_prototypes(model_args.prototypes, model.config.num_labels, model.config.hidden_dim)
+    elif model_args.model_name_or_path is not None:
+        loader = torch.utils.data.DataLoader(
+            train_dataset,
+            batch_size=training_args.per_device_eval_batch_size,
+            collate_fn=collator,
+            num_workers=training_args.dataloader_num_workers,
+        )
+        prototypes, _ = compute_prototypes(
+            model, loader, threshold=model.config.prototype_threshold, fallback=model.prototypes.detach()
+        )
+        if training_args.should_save:
+            save_prototypes(prototypes, output_dir / "prototypes.safetensors")
+    else:
+        raise ValueError(
+            "--stage sadcl needs the stage-1 model (--model_name_or_path) or --prototypes FILE; "
+            "without a stage-1 model use --stage single"
+        )
+    with torch.no_grad():
+        model.prototypes.copy_(prototypes.to(model.prototypes))
+    model.reset_memory_bank(0)

@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Compute class prototypes from a trained (stage-1) SADCL model: the paper's second-stage initialisation.
+
+    python scripts/compute_prototypes.py --model runs/coco-stage1/model --config configs/coco2014-r101-448.yaml \
+        --output prototypes.safetensors [--threshold 0.85] [--batch-size 64]
+
+A prototype is the mean label-level feature over the training images where the class is present and predicted
+with probability > threshold (classes never seen: see `sadcl_hf.prototypes.compute_prototypes`). The dataset is
+given by `--config` (its `dataset`, `dataset_root`, `train_split`, `dataset_options`) or `--dataset`/`--dataset-root`.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from sadcl_hf import SADCLForImageClassification
+from sadcl_hf.data import MultiLabelCollator, build_eval_transform, label_names, load_multilabel_dataset
+from sadcl_hf.image_processing import backbone_normalization
+from sadcl_hf.prototypes import compute_prototypes, save_prototypes
+from sadcl_hf.training import read_config_file, default_splits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="stage-1 model folder or Hub id")
+    parser.add_argument("--output", required=True, help="prototypes file (.safetensors or .npy)")
+    parser.add_argument("--config", default=None, help="training config naming the dataset")
+    parser.add_argument("--dataset", default=None)
+    parser.add_argument("--dataset-root", default=None)
+    parser.add_argument("--split", default=None, help="default: the benchmark's training split")
+    parser.add_argument("--threshold", type=float, default=None, help="default: the model's prototype_threshold")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=0)
+    args = parser.parse_args()
+
+    settings = read_config_file(Path(args.config)) if args.config else {}
+    dataset_name = args.dataset or settings.get("dataset")
+    if dataset_name is None:
+        parser.error("name the dataset with --config or --dataset")
+    root = args.dataset_root or settings.get("dataset_root")
+    split = args.split or settings.get("train_split") or default_splits(dataset_name)[0]
+    options = json.loads(settings.get("dataset_options") or "{}")
+    dataset = load_multilabel_dataset(dataset_name, root=root, split=split, **options)
+
+    model = SADCLForImageClassification.from_pretrained(args.model)
+    if model.config.label_names != label_names(dataset):
+        raise SystemExit(f"{args.model}: the model's labels do not match the dataset's ({dataset_name}, {split})")
+    mean, std = backbone_normalization(model.config)
+    collator = MultiLabelCollator(model.config.num_labels, build_eval_transform(model.config.image_size, mean, std))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, collate_fn=collator, num_workers=args.num_workers
+    )
+    threshold = args.threshold if args.threshold is not None else model.config.prototype_threshold
+    prototypes, counts = compute_prototypes(model, loader, threshold=threshold, fallback=model.prototypes.detach())
+    save_prototypes(prototypes, args.output)
+    print(f"saved {tuple(prototypes.shape)} prototypes to {args.output}; images per class: {counts.tolist()}")
+
+
+if __name__ == "__main__":
+    main()
