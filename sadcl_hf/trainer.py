@@ -61,6 +61,9 @@ class SADCLTrainingArguments(TrainingArguments):
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "The collator needs the image column."})
     ddp_broadcast_buffers: bool | None = field(default=False, metadata={"help": "Memory banks stay per process."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every trainable parameter takes part in the objective."}
+    )
     label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Label keys."})
 
     def __post_init__(self):
@@ -195,8 +198,11 @@ class SADCLTrainer(Trainer):
 
     def _after_optimizer_step(self, global_step: int) -> None:
         model = self.accelerator.unwrap_model(self.model)
-        if self.online_prototypes is not None and global_step <= self.args.online_prototype_steps:
-            self._set_online_prototypes(model, final=global_step == self.args.online_prototype_steps)
+        if self.online_prototypes is not None:
+            if global_step <= self.args.online_prototype_steps:
+                self._set_online_prototypes(model, final=global_step == self.args.online_prototype_steps)
+            else:  # resumed after the online phase
+                self.online_prototypes = None
         if self.ema is not None:
             self.ema.update(model, step=global_step)
 
@@ -234,6 +240,23 @@ class SADCLTrainer(Trainer):
             with self.ema_model():
                 metrics.update(super().evaluate(eval_dataset, ignore_keys, f"{metric_key_prefix}_ema"))
         return metrics
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        self._check_processes_in_sync()
+        return result
+
+    @torch.no_grad()
+    def _check_processes_in_sync(self) -> None:
+        """With several processes, checks that every one ends with the same weights (a cheap checksum)."""
+        if self.args.world_size <= 1:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+        checksums = self.accelerator.gather(checksum.to(self.accelerator.device)).cpu()
+        if not torch.allclose(checksums, checksums[0].expand_as(checksums), rtol=1e-9, atol=0.0):
+            raise RuntimeError(f"processes ended training with different weights (checksums {checksums.tolist()})")
+        logger.info("weights identical on all %d processes after training", self.args.world_size)
 
     # Checkpoints.
 

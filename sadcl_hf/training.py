@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 import yaml
-from transformers import EarlyStoppingCallback, HfArgumentParser, set_seed
+from transformers import EarlyStoppingCallback, HfArgumentParser, TrainerCallback, set_seed
 
 from .configuration_sadcl import SADCLConfig
 from .data import (
+    DEFAULT_CROP_SCALES,
     MultiLabelCollator,
     build_eval_transform,
     build_train_transform,
@@ -99,6 +100,10 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
     resize_margin: int = field(default=64, metadata={"help": "Training resize is image_size + margin before cropping."})
+    crop_scales: list[float] = field(
+        default_factory=lambda: list(DEFAULT_CROP_SCALES),
+        metadata={"help": "Multi-scale crop scales (the paper's 1.0 0.875 0.75 0.66 0.5); 1.0 alone disables it."},
+    )
     hflip: bool = field(default=True, metadata={"help": "Random horizontal flips."})
     randaugment: bool = field(default=False, metadata={"help": "RandAugment in training."})
     cutout: bool = field(default=False, metadata={"help": "Cutout (random erasing) in training."})
@@ -201,10 +206,27 @@ def run_training(
     `train_log.json` to `training_args.output_dir`. Returns the final evaluation metrics."""
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if training_args.should_save:
-        handler = logging.FileHandler(output_dir / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger().addHandler(handler)
+    log_file = logging.FileHandler(output_dir / "train.log") if training_args.should_save else logging.NullHandler()
+    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package_logger = logging.getLogger("sadcl_hf")
+    package_logger.addHandler(log_file)
+    package_logger.setLevel(logging.INFO)
+    try:
+        return _run_stage(model_args, data_args, training_args, output_dir)
+    finally:
+        package_logger.removeHandler(log_file)
+        log_file.close()
+
+
+class _TrainLogCallback(TrainerCallback):
+    """Writes each Trainer log (loss, its components, learning rate, metrics) to `train.log`."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            logger.info("step %d: %s", state.global_step, json.dumps(logs))
+
+
+def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[str, Any]:
     set_seed(training_args.seed)
 
     default_train, default_eval = default_splits(data_args.dataset)
@@ -224,6 +246,7 @@ def run_training(
             mean,
             std,
             resize_margin=data_args.resize_margin,
+            scales=data_args.crop_scales,
             hflip=data_args.hflip,
             randaugment=data_args.randaugment,
             cutout=data_args.cutout,
@@ -242,7 +265,7 @@ def run_training(
             1, round(model_args.online_prototype_fraction * steps)
         )
 
-    callbacks = []
+    callbacks = [_TrainLogCallback()]
     if training_args.load_best_model_at_end and training_args.metric_for_best_model:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=3))
     trainer = SADCLTrainer(

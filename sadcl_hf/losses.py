@@ -1,0 +1,543 @@
+# Copyright 2025 The sadcl-hf developers. Licensed under the Apache License, Version 2.0.
+"""Losses of SADCL's dual contrastive objective.
+
+The training objective of SADCL (ECAI 2023) is
+
+    L = L_ASL + lambda_s * L_SSCL + lambda_p * L_PSCL,    lambda_s = 100, lambda_p = 50,
+
+with
+
+* :class:`AsymmetricLoss` -- the classification loss on the group-wise linear logits;
+* :class:`SampleToSampleContrastiveLoss` -- SSCL, the sample-to-sample supervised contrastive loss on the
+  projected label-level features (one view per image plus a memory-bank view);
+* :class:`PrototypeToSampleContrastiveLoss` -- PSCL, the prototype-to-sample contrastive loss between the
+  projected label-level features and the projected class prototypes.
+
+All three reproduce the released implementation (``yu-gi-oh-leilei/SADCL``, ``lib_sadcl/models/loss``), including
+its value conventions, but are computed in a numerically stable way, in float32 under mixed precision, and -- for
+the contrastive terms -- only on the positive label-level features, so their cost grows with the number of positive
+labels in the batch rather than with ``(batch_size * num_views * num_labels) ** 2``.
+
+Both contrastive losses L2-normalise the features internally (the released SSCL calls ``F.normalize``, PSCL uses the
+cosine similarity): callers must not (and need not) normalise beforehand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+__all__ = [
+    "AsymmetricLoss",
+    "PrototypeToSampleContrastiveLoss",
+    "SADCLLoss",
+    "SADCLLossOutput",
+    "SampleToSampleContrastiveLoss",
+]
+
+SSCL_MODES = ("reference", "corrected")
+
+
+def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """Float64 stays float64; every other floating dtype (fp16, bf16, fp32) is computed in float32."""
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def _check_labels(labels: torch.Tensor, batch_size: int, num_labels: int, name: str) -> None:
+    if labels.dim() != 2 or tuple(labels.shape) != (batch_size, num_labels):
+        raise ValueError(
+            f"{name}: `labels` must have shape [batch_size, num_labels] = [{batch_size}, {num_labels}], "
+            f"got {list(labels.shape)}."
+        )
+
+
+class AsymmetricLoss(nn.Module):
+    r"""Asymmetric loss (ASL, Ridnik et al. 2021) with the scaling of the SADCL release.
+
+    Per element, with :math:`p = \sigma(x)` and :math:`p_m = \min(1 - p + \text{clip}, 1)`,
+
+    .. math::
+        \ell = -\big[y \log\max(p, \epsilon) (1 - p)^{\gamma_+}
+               + (1 - y) \log\max(p_m, \epsilon) (1 - p_m)^{\gamma_-}\big],
+
+    and the loss is ``1000 * mean(l)`` over the batch and the classes (the released
+    ``AsymmetricLossOptimized``: ``-sum / batch_size / num_labels * 1000``). With ``gamma_neg = gamma_pos = 0`` and
+    ``clip = 0`` (the released COCO run) it is 1000 x the binary cross-entropy with probabilities clamped at ``eps``.
+
+    The logarithms are computed with ``logsigmoid`` (never ``log(1 - sigmoid(x))`` by subtraction); clamping the
+    probability at ``eps`` is reproduced as clamping the log-probability at ``log(eps)`` (same value, same zero
+    gradient where clamped).
+
+    Args:
+        gamma_neg: focusing exponent of the negative labels.
+        gamma_pos: focusing exponent of the positive labels.
+        clip: probability margin added to ``1 - p`` for the negatives (asymmetric clipping); 0 disables it.
+        eps: lower clamp of the probabilities inside the logarithms.
+        focal_weight_grad: let the gradient flow through the focal weight (the release's
+            ``disable_torch_grad_focal_loss=False``). Off by default, as in the released configuration.
+    """
+
+    def __init__(
+        self,
+        gamma_neg: float = 0,
+        gamma_pos: float = 0,
+        clip: float = 0.0,
+        eps: float = 1e-5,
+        focal_weight_grad: bool = False,
+    ) -> None:
+        super().__init__()
+        if clip is not None and clip < 0:
+            raise ValueError(f"AsymmetricLoss: `clip` must be >= 0, got {clip}.")
+        if eps <= 0:
+            raise ValueError(f"AsymmetricLoss: `eps` must be > 0, got {eps}.")
+        self.gamma_neg = gamma_neg
+        self.gamma_pos = gamma_pos
+        self.clip = clip or 0.0
+        self.eps = eps
+        self.focal_weight_grad = focal_weight_grad
+
+    def extra_repr(self) -> str:
+        return (
+            f"gamma_neg={self.gamma_neg}, gamma_pos={self.gamma_pos}, clip={self.clip}, eps={self.eps}, "
+            f"focal_weight_grad={self.focal_weight_grad}"
+        )
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            logits: `[batch_size, num_labels]` classifier outputs.
+            labels: `[batch_size, num_labels]` multi-hot targets (any float or integer dtype).
+
+        Returns:
+            Scalar loss (float32, or float64 for float64 logits).
+        """
+        if logits.dim() != 2:
+            raise ValueError(
+                f"AsymmetricLoss: `logits` must have shape [batch_size, num_labels], got {list(logits.shape)}."
+            )
+        _check_labels(labels, logits.shape[0], logits.shape[1], "AsymmetricLoss")
+        dtype = _compute_dtype(logits)
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            logits = logits.to(dtype)
+            labels = labels.to(dtype)
+            log_eps = torch.log(torch.tensor(self.eps, dtype=dtype, device=logits.device))
+
+            log_prob_pos = F.logsigmoid(logits).clamp(min=log_eps)
+            if self.clip > 0:
+                prob_neg = (torch.sigmoid(-logits) + self.clip).clamp(max=1.0)
+                log_prob_neg = torch.log(prob_neg.clamp(min=self.eps))
+                # 1 - prob_neg without cancellation: max(sigmoid(x) - clip, 0).
+                one_minus_prob_neg = (torch.sigmoid(logits) - self.clip).clamp(min=0.0)
+            else:
+                log_prob_neg = F.logsigmoid(-logits).clamp(min=log_eps)
+                one_minus_prob_neg = torch.sigmoid(logits)
+            loss = labels * log_prob_pos + (1 - labels) * log_prob_neg
+
+            if self.gamma_neg > 0 or self.gamma_pos > 0:
+                with torch.set_grad_enabled(self.focal_weight_grad and torch.is_grad_enabled()):
+                    # 1 - p_t, with p_t = p for positives and p_m for negatives (exact for soft targets too).
+                    one_minus_pt = labels * torch.sigmoid(-logits) + (1 - labels) * one_minus_prob_neg
+                    exponent = self.gamma_pos * labels + self.gamma_neg * (1 - labels)
+                    focal_weight = torch.pow(one_minus_pt, exponent)
+                loss = loss * focal_weight
+
+            return -loss.sum() / logits.shape[0] / logits.shape[1] * 1000
+
+
+class SampleToSampleContrastiveLoss(nn.Module):
+    r"""Sample-to-sample contrastive loss (SSCL), the label-level supervised contrastive loss of SADCL (Eq. 5-6).
+
+    Anchors are the positive label-level features :math:`z_{ij}` (view ``v``, sample ``b``, class ``c`` with
+    ``labels[b, c] == 1``); for an anchor :math:`i`, :math:`A(i)` is every other positive feature (any class, sample
+    or view) and :math:`P(i) \subset A(i)` the features of the same class (other samples and the sample's other
+    view). With L2-normalised features and :math:`s_{ia} = z_i \cdot z_a / \tau`,
+
+    .. math::
+        \mathcal{L}_i = -\frac{\tau}{\tau_b} \frac{1}{|P(i)|} \sum_{p \in P(i)}
+            \Big(s_{ip} - \log \sum_{a \in A(i)} e^{s_{ia}}\Big).
+
+    Two modes:
+
+    * ``"reference"`` reproduces the released ``MultiSupConLoss`` value and gradient: its label mask is flattened
+      sample-major while the anchors are ordered view-major, so anchor ``(v, b, c)`` only counts when
+      ``labels[(v * batch_size + b) // num_views, c] == 1`` too; the sum is still divided by
+      ``num_views * labels.sum()``. The numerator subtracts the detached maximum over classes of the masked
+      similarities of the same pair of rows, the denominator the detached row maximum (both including the zeros of
+      masked entries), and the denominator carries ``+ 1e-5`` inside the logarithm. This is what produced the
+      paper's numbers.
+    * ``"corrected"`` is the equation above exactly: every positive feature is an anchor, exact log-sum-exp, no
+      ``eps``, no offsets; the loss is the mean over the anchors with a non-empty :math:`P(i)` (all of them when
+      ``num_views >= 2``).
+
+    Only the positive features are gathered, so time and memory grow with the number of positive labels ``n`` as
+    ``O((num_views * n) ** 2 * dim)`` instead of ``O((batch_size * num_views * num_labels) ** 2)``.
+
+    Args:
+        temperature: :math:`\tau`.
+        base_temperature: :math:`\tau_b`.
+        mode: ``"reference"`` or ``"corrected"``.
+    """
+
+    reference_eps = 1e-5
+
+    def __init__(self, temperature: float = 0.2, base_temperature: float = 0.2, mode: str = "reference") -> None:
+        super().__init__()
+        if mode not in SSCL_MODES:
+            raise ValueError(f"SampleToSampleContrastiveLoss: `mode` must be one of {SSCL_MODES}, got {mode!r}.")
+        if temperature <= 0 or base_temperature <= 0:
+            raise ValueError(
+                "SampleToSampleContrastiveLoss: `temperature` and `base_temperature` must be > 0, "
+                f"got {temperature} and {base_temperature}."
+            )
+        self.temperature = temperature
+        self.base_temperature = base_temperature
+        self.mode = mode
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, base_temperature={self.base_temperature}, mode={self.mode!r}"
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            features: `[batch_size, num_views, num_labels, dim]` label-level features; in SADCL
+                `stack([projected_label_features, projected_memory_bank], dim=1)`. Normalised internally.
+            labels: `[batch_size, num_labels]` multi-hot targets; entries > 0.5 are positive.
+
+        Returns:
+            Scalar loss (float32, or float64 for float64 features); 0 with a zero gradient when no label is positive.
+        """
+        if features.dim() != 4:
+            raise ValueError(
+                "SampleToSampleContrastiveLoss: `features` must have shape [batch_size, num_views, num_labels, dim], "
+                f"got {list(features.shape)}."
+            )
+        batch_size, num_views, num_labels, dim = features.shape
+        _check_labels(labels, batch_size, num_labels, "SampleToSampleContrastiveLoss")
+        positive = labels > 0.5
+        sample_index, class_index = positive.nonzero(as_tuple=True)
+        # [n, V, D] -> [V * n, D], view-major like the release.
+        embeddings = features[sample_index, :, class_index].transpose(0, 1).reshape(-1, dim)
+        return self._loss_from_positive_rows(embeddings, positive, sample_index, class_index, num_views)
+
+    def forward_views(self, views: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """Same loss as `forward(torch.stack(views, dim=1), labels)`, without materialising the stacked tensor.
+
+        Args:
+            views: `num_views` tensors of shape `[batch_size, num_labels, dim]`.
+            labels: `[batch_size, num_labels]` multi-hot targets.
+        """
+        if len(views) == 0 or any(view.dim() != 3 or view.shape != views[0].shape for view in views):
+            raise ValueError(
+                "SampleToSampleContrastiveLoss: `views` must be a non-empty sequence of tensors of one shape "
+                f"[batch_size, num_labels, dim], got shapes {[list(view.shape) for view in views]}."
+            )
+        batch_size, num_labels, _ = views[0].shape
+        _check_labels(labels, batch_size, num_labels, "SampleToSampleContrastiveLoss")
+        positive = labels > 0.5
+        sample_index, class_index = positive.nonzero(as_tuple=True)
+        embeddings = torch.cat([view[sample_index, class_index] for view in views], dim=0)
+        return self._loss_from_positive_rows(embeddings, positive, sample_index, class_index, len(views))
+
+    def _loss_from_positive_rows(
+        self,
+        embeddings: torch.Tensor,
+        positive: torch.Tensor,
+        sample_index: torch.Tensor,
+        class_index: torch.Tensor,
+        num_views: int,
+    ) -> torch.Tensor:
+        """`embeddings`: `[num_views * n, dim]` positive features, view-major; `sample_index`, `class_index`: `[n]`."""
+        batch_size, num_labels = positive.shape
+        num_positive = sample_index.numel()
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            embeddings = embeddings.to(_compute_dtype(embeddings))
+            if num_positive == 0:
+                return embeddings.sum()  # 0, with a zero gradient, as in the release
+            embeddings = F.normalize(embeddings, dim=-1)
+            view_index = torch.arange(num_views, device=embeddings.device).repeat_interleave(num_positive)
+            sample_index = sample_index.repeat(num_views)
+            class_index = class_index.repeat(num_views)
+            if self.mode == "reference":
+                return self._reference_loss(
+                    embeddings, positive, view_index, sample_index, class_index, batch_size, num_views, num_labels
+                )
+            return self._corrected_loss(embeddings, class_index)
+
+    def _corrected_loss(self, embeddings: torch.Tensor, class_index: torch.Tensor) -> torch.Tensor:
+        num_rows = embeddings.shape[0]
+        self_mask = torch.eye(num_rows, dtype=torch.bool, device=embeddings.device)
+        same_class = (class_index[:, None] == class_index[None, :]) & ~self_mask
+        num_positive_pairs = same_class.sum(1)
+        anchors = num_positive_pairs > 0
+        # Only rows with a non-empty P(i) are anchors; their A(i) is then non-empty too.
+        similarity = embeddings[anchors] @ embeddings.T / self.temperature  # [A, N]
+        same_class = same_class[anchors]
+        log_denominator = torch.logsumexp(similarity.masked_fill(self_mask[anchors], float("-inf")), dim=1)
+        mean_positive = (similarity * same_class).sum(1) / num_positive_pairs[anchors]
+        anchor_losses = -(self.temperature / self.base_temperature) * (mean_positive - log_denominator)
+        return anchor_losses.sum() / anchors.sum().clamp(min=1)
+
+    def _reference_loss(
+        self,
+        embeddings: torch.Tensor,
+        positive: torch.Tensor,
+        view_index: torch.Tensor,
+        sample_index: torch.Tensor,
+        class_index: torch.Tensor,
+        batch_size: int,
+        num_views: int,
+        num_labels: int,
+    ) -> torch.Tensor:
+        device = embeddings.device
+        num_rows = embeddings.shape[0]
+        # The release's label mask: anchor (v, b, c) needs labels[(v * batch_size + b) // num_views, c] too.
+        row_index = view_index * batch_size + sample_index  # row of the [V * bs, nc, dim] contrast tensor
+        anchors = positive[row_index // num_views, class_index]
+
+        similarity = embeddings @ embeddings.T / self.temperature  # [N, N], all positive rows
+        self_mask = torch.eye(num_rows, dtype=torch.bool, device=device)
+        same_class = (class_index[:, None] == class_index[None, :]) & ~self_mask
+
+        with torch.no_grad():
+            detached = similarity.detach()
+            # Denominator offset: row max over the masked similarities (masked entries, e.g. the diagonal, are 0).
+            denominator_offset = detached.masked_fill(self_mask, 0.0).amax(1).clamp(min=0.0)
+            # Numerator offset for a pair of contrast rows (r, r'): max over classes of the masked intra-class
+            # similarity, i.e. over their common positive classes, plus a 0 when some class is not common.
+            num_contrast_rows = num_views * batch_size
+            pair_key = row_index[:, None] * num_contrast_rows + row_index[None, :]
+            pair_max = detached.new_full((num_contrast_rows * num_contrast_rows,), float("-inf"))
+            pair_max.scatter_reduce_(0, pair_key[same_class], detached[same_class], reduce="amax")
+            positive_float = positive.to(detached.dtype)
+            common_classes = positive_float @ positive_float.T  # [bs, bs]
+            has_masked_class = common_classes[sample_index[:, None], sample_index[None, :]] < num_labels
+            numerator_offset = pair_max[pair_key]
+            numerator_offset = torch.where(has_masked_class, numerator_offset.clamp(min=0.0), numerator_offset)
+            numerator_offset = numerator_offset.masked_fill(~same_class, 0.0)
+
+        similarity = similarity[anchors]
+        same_class = same_class[anchors]
+        exp_sum = torch.exp(similarity - denominator_offset[anchors, None]).masked_fill(self_mask[anchors], 0.0).sum(1)
+        exp_sum = torch.where(exp_sum > 0, exp_sum, torch.ones_like(exp_sum))
+        log_denominator = torch.log(exp_sum + self.reference_eps)
+        num_positive_pairs = same_class.sum(1)
+        numerator = ((similarity - numerator_offset[anchors]) * same_class).sum(1)
+        mean_log_prob = (numerator - num_positive_pairs * log_denominator) / num_positive_pairs.clamp(min=1)
+        anchor_losses = -(self.temperature / self.base_temperature) * mean_log_prob
+        return anchor_losses.sum() / max(num_rows, 1)
+
+
+class _PrototypeCosineSimilarity(torch.autograd.Function):
+    """`cos(embeddings[b, k], prototypes[k])` -> `[B, K]` for unit-norm `prototypes` `[K, D]`.
+
+    Same value and gradient as normalising `embeddings` first (norm clamped at 1e-12, like `F.normalize`), but the
+    backward pass writes the `[B, K, D]` gradient in a single fused pass instead of several full-size temporaries:
+    this is the dominant cost of the contrastive losses at paper scale.
+    """
+
+    @staticmethod
+    def forward(ctx, embeddings: torch.Tensor, unit_prototypes: torch.Tensor) -> torch.Tensor:
+        raw_norm = torch.linalg.vector_norm(embeddings, dim=-1)  # [B, K]
+        norm = raw_norm.clamp(min=1e-12)
+        dot = torch.bmm(embeddings.transpose(0, 1), unit_prototypes.unsqueeze(-1)).squeeze(-1).T  # [B, K]
+        cosine = dot / norm
+        ctx.save_for_backward(embeddings, unit_prototypes, norm, cosine, raw_norm > 1e-12)
+        return cosine
+
+    @staticmethod
+    def backward(ctx, grad_cosine: torch.Tensor):
+        embeddings, unit_prototypes, norm, cosine, norm_not_clamped = ctx.saved_tensors
+        grad_over_norm = grad_cosine / norm  # [B, K]
+        grad_embeddings = grad_prototypes = None
+        if ctx.needs_input_grad[0]:
+            # d cos / d e = p / |e| - cos * e / |e|^2 (the second term vanishes where the norm is clamped).
+            radial = torch.where(norm_not_clamped, -grad_over_norm * cosine / norm, torch.zeros_like(norm))
+            grad_embeddings = embeddings * radial.unsqueeze(-1)
+            grad_embeddings.addcmul_(grad_over_norm.unsqueeze(-1), unit_prototypes)
+        if ctx.needs_input_grad[1]:
+            grad_prototypes = torch.bmm(grad_over_norm.T.unsqueeze(1), embeddings.transpose(0, 1)).squeeze(1)
+        return grad_embeddings, grad_prototypes
+
+
+class PrototypeToSampleContrastiveLoss(nn.Module):
+    r"""Prototype-to-sample contrastive loss (PSCL, Eq. 7-8 of the paper), cosine metric.
+
+    With :math:`s_{bc} = \cos(z_{bc}, p_c) / \tau` between the label-level feature of sample ``b`` for class ``c``
+    and the prototype of class ``c``, the released ``Semantic2PrototypeConLoss`` computes, per class,
+
+    * class present in the batch: :math:`\log\sum_{b} e^{s_{bc}} - \log\sum_{b: y_{bc}=1} e^{s_{bc}}`;
+    * class absent from the batch: :math:`\log\sum_{b} e^{s_{bc}} - \operatorname{sg}(\max_b s_{bc})`
+      (a constant offset in value, but it pushes every sample away from that prototype),
+
+    and divides the sum over classes by the number of positive labels in the batch. When no label is positive the
+    release crashes; this implementation returns the mean over classes of the absent-class terms instead (finite,
+    with a finite gradient).
+
+    Args:
+        temperature: :math:`\tau`.
+    """
+
+    def __init__(self, temperature: float = 0.07) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"PrototypeToSampleContrastiveLoss: `temperature` must be > 0, got {temperature}.")
+        self.temperature = temperature
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
+
+    def forward(self, embeddings: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            embeddings: `[batch_size, num_labels, dim]` label-level features (normalised internally).
+            prototypes: `[num_labels, dim]` or `[1, num_labels, dim]` class prototypes (normalised internally).
+            labels: `[batch_size, num_labels]` multi-hot targets; entries > 0.5 are positive.
+
+        Returns:
+            Scalar loss (float32, or float64 for float64 embeddings).
+        """
+        if embeddings.dim() != 3:
+            raise ValueError(
+                "PrototypeToSampleContrastiveLoss: `embeddings` must have shape [batch_size, num_labels, dim], "
+                f"got {list(embeddings.shape)}."
+            )
+        batch_size, num_labels, dim = embeddings.shape
+        if prototypes.dim() == 3 and prototypes.shape[0] == 1:
+            prototypes = prototypes[0]
+        if tuple(prototypes.shape) != (num_labels, dim):
+            raise ValueError(
+                "PrototypeToSampleContrastiveLoss: `prototypes` must have shape [num_labels, dim] or "
+                f"[1, num_labels, dim] = [{num_labels}, {dim}], got {list(prototypes.shape)}."
+            )
+        _check_labels(labels, batch_size, num_labels, "PrototypeToSampleContrastiveLoss")
+        dtype = _compute_dtype(embeddings)
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            prototypes = F.normalize(prototypes.to(dtype), dim=-1)
+            similarity = _PrototypeCosineSimilarity.apply(embeddings.to(dtype), prototypes).T  # [K, B]
+            similarity = similarity / self.temperature
+            positive = (labels > 0.5).T  # [K, B]
+            present = positive.any(dim=1)  # [K]
+            log_sum_all = torch.logsumexp(similarity, dim=1)
+            # Absent classes keep every sample so that the unused branch stays finite (no -inf, no NaN gradient).
+            keep = positive | ~present[:, None]
+            log_sum_positive = torch.logsumexp(similarity.masked_fill(~keep, float("-inf")), dim=1)
+            absent_offset = similarity.detach().amax(dim=1)
+            class_losses = log_sum_all - torch.where(present, log_sum_positive, absent_offset)
+            num_positive = positive.sum()
+            return torch.where(
+                num_positive > 0, class_losses.sum() / num_positive.clamp(min=1), class_losses.mean()
+            )
+
+
+@dataclass
+class SADCLLossOutput:
+    """Terms of the SADCL objective (all scalars).
+
+    Args:
+        loss: `asl + sscl_weight * sscl + pscl_weight * pscl` (just `asl` when the contrastive inputs are not given).
+        asl: the asymmetric loss.
+        sscl: the sample-to-sample contrastive loss, or `None`.
+        pscl: the prototype-to-sample contrastive loss, or `None`.
+    """
+
+    loss: torch.Tensor
+    asl: torch.Tensor
+    sscl: Optional[torch.Tensor] = None
+    pscl: Optional[torch.Tensor] = None
+
+
+class SADCLLoss(nn.Module):
+    """The SADCL objective `ASL + sscl_weight * SSCL + pscl_weight * PSCL` (paper: 100 and 50).
+
+    Args:
+        asl: the classification loss.
+        sscl: the sample-to-sample contrastive loss (defaults to `SampleToSampleContrastiveLoss()`).
+        pscl: the prototype-to-sample contrastive loss (defaults to `PrototypeToSampleContrastiveLoss()`).
+        sscl_weight: weight of SSCL.
+        pscl_weight: weight of PSCL.
+    """
+
+    def __init__(
+        self,
+        asl: Optional[AsymmetricLoss] = None,
+        sscl: Optional[SampleToSampleContrastiveLoss] = None,
+        pscl: Optional[PrototypeToSampleContrastiveLoss] = None,
+        sscl_weight: float = 100.0,
+        pscl_weight: float = 50.0,
+    ) -> None:
+        super().__init__()
+        self.asl = asl if asl is not None else AsymmetricLoss()
+        self.sscl = sscl if sscl is not None else SampleToSampleContrastiveLoss()
+        self.pscl = pscl if pscl is not None else PrototypeToSampleContrastiveLoss()
+        self.sscl_weight = sscl_weight
+        self.pscl_weight = pscl_weight
+
+    def extra_repr(self) -> str:
+        return f"sscl_weight={self.sscl_weight}, pscl_weight={self.pscl_weight}"
+
+    @classmethod
+    def from_config(cls, config: Any) -> "SADCLLoss":
+        """Builds the objective from a config's `asl_gamma_neg, asl_gamma_pos, asl_clip, asl_eps, sscl_temperature,
+        sscl_base_temperature, sscl_mode, pscl_temperature, sscl_weight, pscl_weight` (missing ones take the
+        defaults of the released COCO run: 0, 0, 0.0, 1e-5, 0.2, 0.2, "reference", 0.07, 100.0, 50.0)."""
+
+        def get(name: str, default: Any) -> Any:
+            return getattr(config, name, default)
+
+        return cls(
+            asl=AsymmetricLoss(
+                gamma_neg=get("asl_gamma_neg", 0),
+                gamma_pos=get("asl_gamma_pos", 0),
+                clip=get("asl_clip", 0.0),
+                eps=get("asl_eps", 1e-5),
+            ),
+            sscl=SampleToSampleContrastiveLoss(
+                temperature=get("sscl_temperature", 0.2),
+                base_temperature=get("sscl_base_temperature", 0.2),
+                mode=get("sscl_mode", "reference"),
+            ),
+            pscl=PrototypeToSampleContrastiveLoss(temperature=get("pscl_temperature", 0.07)),
+            sscl_weight=get("sscl_weight", 100.0),
+            pscl_weight=get("pscl_weight", 50.0),
+        )
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        projected_label_features: Optional[torch.Tensor] = None,
+        projected_memory_bank: Optional[torch.Tensor] = None,
+        projected_prototypes: Optional[torch.Tensor] = None,
+    ) -> SADCLLossOutput:
+        """
+        Args:
+            logits: `[batch_size, num_labels]` classifier outputs.
+            labels: `[batch_size, num_labels]` multi-hot targets.
+            projected_label_features: `[batch_size, num_labels, proj_dim]` projected label-level features (SSCL
+                view 0 and the PSCL samples), or `None` for ASL only.
+            projected_memory_bank: `[batch_size, num_labels, proj_dim]` projected memory-bank features (SSCL view 1).
+            projected_prototypes: `[num_labels, proj_dim]` projected class prototypes.
+        """
+        asl = self.asl(logits, labels)
+        contrastive_inputs = (projected_label_features, projected_memory_bank, projected_prototypes)
+        if all(tensor is None for tensor in contrastive_inputs):
+            return SADCLLossOutput(loss=asl, asl=asl)
+        if any(tensor is None for tensor in contrastive_inputs):
+            raise ValueError(
+                "SADCLLoss: `projected_label_features`, `projected_memory_bank` and `projected_prototypes` must be "
+                "given together (or all be None for the ASL-only objective)."
+            )
+        if projected_memory_bank.shape != projected_label_features.shape:
+            raise ValueError(
+                "SADCLLoss: `projected_memory_bank` must have the shape of `projected_label_features` "
+                f"{list(projected_label_features.shape)}, got {list(projected_memory_bank.shape)}."
+            )
+        sscl = self.sscl.forward_views([projected_label_features, projected_memory_bank], labels)
+        pscl = self.pscl(projected_label_features, projected_prototypes, labels)
+        loss = asl + self.sscl_weight * sscl + self.pscl_weight * pscl
+        return SADCLLossOutput(loss=loss, asl=asl, sscl=sscl, pscl=pscl)

@@ -1,0 +1,275 @@
+#!/usr/bin/env python
+# Copyright 2025 The sadcl-hf developers. Licensed under the Apache License, Version 2.0.
+"""Benchmarks for sadcl-hf.
+
+One subcommand per benchmark, each printing a table and optionally writing `--json FILE`:
+
+    python scripts/benchmark.py losses [--batch-size 32 --num-labels 80 --dim 1024 --repeats 20 --json out.json]
+
+`losses` times forward + backward of SSCL + PSCL at paper scale (sadcl-hf in reference and corrected mode, against
+a dense `(B*V*K)^2` re-implementation of the released algorithm kept here only as the baseline) and measures the
+peak extra resident memory of each variant in a fresh subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+
+LOSS_VARIANTS = ("sadcl-hf reference", "sadcl-hf corrected", "dense released")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def print_table(title: str, rows: List[Dict[str, object]], columns: List[str]) -> None:
+    """Prints `rows` (dicts) as a fixed-width table with the given `columns`."""
+
+    def fmt(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    cells = [[fmt(row.get(column, "")) for column in columns] for row in rows]
+    widths = [max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)]
+    print(title)
+    print("  ".join(column.ljust(width) for column, width in zip(columns, widths)))
+    print("  ".join("-" * width for width in widths))
+    for line in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+
+
+def current_rss_mib() -> float:
+    """Resident set size of this process now, in MiB (Linux `/proc/self/statm`)."""
+    with open("/proc/self/statm") as statm:
+        resident_pages = int(statm.read().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, in MiB (`ru_maxrss` is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_json(path: Optional[str], payload: Dict[str, object]) -> None:
+    if path:
+        with open(path, "w") as handle:
+            json.dump(payload, handle, indent=2)
+        print(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# losses
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def dense_released_sscl(
+    features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.2, base_temperature: float = 0.2
+) -> torch.Tensor:
+    """Dense re-implementation of the released `MultiSupConLoss` (every `(B*V*K)^2` similarity), the baseline.
+
+    features: `[B, V, K, D]`, labels: `[B, K]`. Reproduces the release's view-major/sample-major label-mask mix-up,
+    its detached offsets and its `+1e-5` in the denominator.
+    """
+    batch_size, num_views, num_labels, dim = features.shape
+    num_rows = num_views * batch_size
+    num_features = num_rows * num_labels
+    labels = labels.to(features.dtype)
+    contrast = F.normalize(features, dim=-1).transpose(0, 1).reshape(num_features, dim)  # (v*B + b)*K + c
+    row_labels = labels.repeat(num_views, 1)  # [V*B, K]
+    feature_labels = row_labels.reshape(num_features)
+    anchor_mask = labels.repeat_interleave(num_views, dim=0).reshape(num_features)  # the release's sample-major mask
+
+    similarity = contrast @ contrast.T / temperature  # [N, N]
+    pair_mask = (feature_labels[:, None] * feature_labels[None, :]).fill_diagonal_(0)
+    masked = similarity * pair_mask
+    denominator = (pair_mask * torch.exp(masked - masked.amax(1, keepdim=True).detach())).sum(1)
+    denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    log_denominator = anchor_mask * torch.log(denominator + 1e-5)
+
+    intra = torch.diagonal(similarity.view(num_rows, num_labels, num_rows, num_labels), dim1=1, dim2=3)  # [R, R, K]
+    not_self = 1 - torch.eye(num_rows, dtype=features.dtype, device=features.device)
+    intra_mask = row_labels[:, None, :] * row_labels[None, :, :] * not_self[:, :, None]
+    masked_intra = intra * intra_mask
+    numerator = masked_intra - masked_intra.amax(2, keepdim=True).detach()  # max over classes
+    numerator = numerator.permute(0, 2, 1).reshape(num_features, num_rows)
+    intra_mask = intra_mask.permute(0, 2, 1).reshape(num_features, num_rows)
+    log_prob = (intra_mask * (numerator - log_denominator[:, None])).sum(1) / intra_mask.sum(1).clamp(min=1)
+    anchor_losses = -(temperature / base_temperature) * log_prob * anchor_mask
+    return anchor_losses.sum() / anchor_mask.sum().clamp(min=1)
+
+
+def dense_released_pscl(
+    embeddings: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07
+) -> torch.Tensor:
+    """Re-implementation of the released `Semantic2PrototypeConLoss` (prototypes repeated over the batch)."""
+    batch_size, num_labels, dim = embeddings.shape
+    repeated = prototypes.reshape(1, num_labels, dim).repeat(batch_size, 1, 1)
+    cosine = F.cosine_similarity(embeddings, repeated, dim=-1).T / temperature  # [K, B]
+    cosine = cosine - cosine.amax(1, keepdim=True).detach()
+    positive = labels.T.to(embeddings.dtype)
+    log_denominator = torch.log(torch.exp(cosine).sum(1))
+    numerator = (torch.exp(cosine * positive) * positive).sum(1)
+    log_numerator = torch.log(torch.where(numerator > 0, numerator, torch.ones_like(numerator)))
+    return -(log_numerator - log_denominator).sum() / positive.sum()
+
+
+def coco_like_labels(batch_size: int, num_labels: int, generator: torch.Generator) -> torch.Tensor:
+    """Multi-hot labels with about 3 positives per image, class 0 ("person") in about 55% of the images."""
+    probabilities = torch.full((num_labels,), 2.45 / max(num_labels - 1, 1))
+    probabilities[0] = 0.55
+    return torch.bernoulli(probabilities.expand(batch_size, num_labels), generator=generator)
+
+
+def make_loss_inputs(batch_size: int, num_labels: int, dim: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = coco_like_labels(batch_size, num_labels, generator)
+    label_features = torch.randn(batch_size, num_labels, dim, generator=generator).requires_grad_()
+    memory_bank = torch.randn(batch_size, num_labels, dim, generator=generator).requires_grad_()
+    prototypes = torch.randn(num_labels, dim, generator=generator).requires_grad_()
+    return label_features, memory_bank, prototypes, labels
+
+
+def build_loss_step(variant: str) -> Callable:
+    """Returns `step(label_features, memory_bank, prototypes, labels) -> loss` for one variant (SSCL + PSCL)."""
+    from sadcl_hf.losses import PrototypeToSampleContrastiveLoss, SampleToSampleContrastiveLoss
+
+    if variant == "dense released":
+
+        def step(label_features, memory_bank, prototypes, labels):
+            features = torch.stack([label_features, memory_bank], dim=1)
+            return dense_released_sscl(features, labels) + dense_released_pscl(label_features, prototypes, labels)
+
+        return step
+    mode = variant.split()[-1]
+    sscl = SampleToSampleContrastiveLoss(mode=mode)
+    pscl = PrototypeToSampleContrastiveLoss()
+
+    def step(label_features, memory_bank, prototypes, labels):
+        return sscl.forward_views([label_features, memory_bank], labels) + pscl(label_features, prototypes, labels)
+
+    return step
+
+
+def losses_worker(args: argparse.Namespace) -> Dict[str, object]:
+    """Runs one variant in this (fresh) process: median time and peak extra RSS of forward + backward."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    step = build_loss_step(args.worker)
+    # Warm up on a tiny problem so that one-time library initialisation is not counted as the loss's memory.
+    tiny = make_loss_inputs(2, min(args.num_labels, 4), 8)
+    step(*tiny).backward()
+    inputs = make_loss_inputs(args.batch_size, args.num_labels, args.dim)
+    gc.collect()
+    rss_before = current_rss_mib()
+    times = []
+    loss_value = float("nan")
+    for _ in range(args.repeats):
+        for tensor in inputs[:3]:
+            tensor.grad = None
+        start = time.perf_counter()
+        loss = step(*inputs)
+        loss.backward()
+        times.append(time.perf_counter() - start)
+        loss_value = loss.item()
+    return {
+        "variant": args.worker,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "peak_extra_mib": max(peak_rss_mib() - rss_before, 0.0),
+        "loss": loss_value,
+        "num_positive_labels": int(inputs[3].sum().item()),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_losses(args: argparse.Namespace) -> Dict[str, object]:
+    """`losses` subcommand: one fresh subprocess per variant, then a table."""
+    if args.worker:
+        print(json.dumps(losses_worker(args)))
+        return {}
+    rows = []
+    for variant in LOSS_VARIANTS:
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "losses",
+            "--worker",
+            variant,
+            "--batch-size",
+            str(args.batch_size),
+            "--num-labels",
+            str(args.num_labels),
+            "--dim",
+            str(args.dim),
+            "--repeats",
+            str(args.baseline_repeats if variant == "dense released" else args.repeats),
+            "--threads",
+            str(args.threads),
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"benchmark worker for {variant!r} failed:\n{result.stderr}")
+        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    dense = next(row for row in rows if row["variant"] == "dense released")
+    for row in rows:
+        row["speedup"] = dense["median_s"] / row["median_s"]
+    print_table(
+        f"SSCL + PSCL forward+backward, B={args.batch_size} V=2 K={args.num_labels} D={args.dim}, "
+        f"{rows[0]['num_positive_labels']} positive labels, {rows[0]['threads']} thread(s), "
+        f"median of {args.repeats} ({args.baseline_repeats} for the dense baseline)",
+        rows,
+        ["variant", "median_s", "min_s", "speedup", "peak_extra_mib", "loss"],
+    )
+    reference = next(row for row in rows if row["variant"] == "sadcl-hf reference")
+    print(f"|loss(sadcl-hf reference) - loss(dense released)| = {abs(reference['loss'] - dense['loss']):.3g}")
+    payload = {"benchmark": "losses", "config": vars(args), "results": rows}
+    write_json(args.json, payload)
+    return payload
+
+
+SUBCOMMANDS: Dict[str, Callable[[argparse.Namespace], Dict[str, object]]] = {
+    "losses": run_losses,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", metavar="FILE", default=None, help="also write the results to this JSON file")
+    common.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+
+    losses = subparsers.add_parser("losses", parents=[common], help="SSCL + PSCL forward+backward time and memory")
+    losses.add_argument("--batch-size", type=int, default=32)
+    losses.add_argument("--num-labels", type=int, default=80)
+    losses.add_argument("--dim", type=int, default=1024)
+    losses.add_argument("--repeats", type=int, default=20)
+    losses.add_argument(
+        "--baseline-repeats", type=int, default=5, help="repeats of the (slow) dense released baseline"
+    )
+    losses.add_argument("--worker", choices=LOSS_VARIANTS, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = build_parser().parse_args(argv)
+    SUBCOMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
