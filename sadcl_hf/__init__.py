@@ -10,6 +10,8 @@ from .modeling_sadcl import (
     SADCLModelOutput,
     SADCLPreTrainedModel,
 )
+from .calibration import calibrate_thresholds, load_thresholds
+from .pipeline import MULTI_LABEL_TASK, MultiLabelImageClassificationPipeline, register_pipeline
 
 __version__ = "0.1.0"
 
@@ -21,9 +23,12 @@ AutoModelForImageClassification.register(SADCLConfig, SADCLForImageClassificatio
 SADCLConfig.register_for_auto_class()
 SADCLModel.register_for_auto_class("AutoModel")
 SADCLForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+register_pipeline()  # pipeline("multi-label-image-classification", model=...)
 
 __all__ = [
     "COCO_LABELS",
+    "MULTI_LABEL_TASK",
+    "MultiLabelImageClassificationPipeline",
     "SADCL_PRESETS",
     "SADCLConfig",
     "SADCLForImageClassification",
@@ -31,4 +36,6 @@ __all__ = [
     "SADCLModel",
     "SADCLModelOutput",
     "SADCLPreTrainedModel",
+    "calibrate_thresholds",
+    "load_thresholds",
 ]

@@ -5,10 +5,14 @@
 One subcommand per benchmark, each printing a table and optionally writing `--json FILE`:
 
     python scripts/benchmark.py losses [--batch-size 32 --num-labels 80 --dim 1024 --repeats 20 --json out.json]
+    python scripts/benchmark.py train-step [--preset tiny --batch-size 64 --precision fp32|bf16|fp16 --device auto]
+    python scripts/benchmark.py inference [--preset tiny --batch-size 64 --source-size 256]
 
 `losses` times forward + backward of SSCL + PSCL at paper scale (sadcl-hf in reference and corrected mode, against
 a dense `(B*V*K)^2` re-implementation of the released algorithm kept here only as the baseline) and measures the
-peak extra resident memory of each variant in a fresh subprocess.
+peak extra resident memory of each variant in a fresh subprocess. `train-step` measures images/s and peak memory
+(CUDA allocator peak on a GPU, peak RSS on CPU) of whole training steps; `inference` compares the tagging pipeline
+with the bare model forward on the same batch.
 """
 
 from __future__ import annotations
@@ -242,8 +246,150 @@ def run_losses(args: argparse.Namespace) -> Dict[str, object]:
     return payload
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# train-step and inference
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mib()
+
+
+def run_train_step(args: argparse.Namespace) -> Dict[str, object]:
+    """`train-step`: images/s and peak memory of full SADCL training steps (forward with the objective, backward,
+    AdamW step) for a preset, batch size and precision, on random images with COCO-like labels."""
+    from sadcl_hf import SADCLConfig, SADCLForImageClassification
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    config = SADCLConfig.from_preset(args.preset, use_pretrained_backbone=False, objective=args.objective)
+    model = SADCLForImageClassification(config).to(device).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(args.batch_size, 3, config.image_size, config.image_size, generator=generator)
+    labels = coco_like_labels(args.batch_size, config.num_labels, generator)
+    pixel_values, labels = pixel_values.to(device), labels.to(device)
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device, args.precision):
+            loss = model(pixel_values, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(args.repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        loss = step()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    row = {
+        "preset": args.preset,
+        "objective": args.objective,
+        "batch": args.batch_size,
+        "precision": args.precision,
+        "device": str(device),
+        "median_step_s": median,
+        "images_per_s": args.batch_size / median,
+        "peak_memory_mib": _peak_memory_mib(device),
+        "loss": loss,
+    }
+    print_table(f"training step, median of {args.repeats} after {args.warmup} warm-up steps", [row], list(row))
+    payload = {"benchmark": "train-step", "config": vars(args), "results": [row]}
+    write_json(args.json, payload)
+    return payload
+
+
+def run_inference(args: argparse.Namespace) -> Dict[str, object]:
+    """`inference`: `pipeline("multi-label-image-classification")` images/s versus the bare model forward on the same
+    batch (already preprocessed tensors); the difference is the pipeline's overhead (decoding, preprocessing,
+    post-processing)."""
+    import numpy as np
+    from PIL import Image
+    from transformers import pipeline
+
+    from sadcl_hf import SADCLConfig, SADCLForImageClassification
+    from sadcl_hf.image_processing import image_processor_for_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    config = SADCLConfig.from_preset(args.preset, use_pretrained_backbone=False)
+    model = SADCLForImageClassification(config).to(device).eval()
+    processor = image_processor_for_config(config)
+    rng = np.random.default_rng(0)
+    size = args.source_size or config.image_size
+    images = [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(args.batch_size)]
+    tagger = pipeline(
+        "multi-label-image-classification", model=model, image_processor=processor, device=device
+    )
+    pixel_values = processor(images=images, return_tensors="pt")["pixel_values"].to(device)
+
+    def bare() -> None:
+        with torch.inference_mode():
+            model(pixel_values)
+        _synchronize(device)
+
+    def full() -> None:
+        tagger(images, batch_size=args.batch_size)
+        _synchronize(device)
+
+    rows = []
+    for name, function in (("model forward", bare), ("pipeline", full)):
+        for _ in range(args.warmup):
+            function()
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - start)
+        median = statistics.median(times)
+        rows.append({"path": name, "median_batch_s": median, "images_per_s": args.batch_size / median})
+    overhead = rows[1]["median_batch_s"] / rows[0]["median_batch_s"] - 1
+    for row in rows:
+        row["overhead_vs_forward"] = f"{100 * (row['median_batch_s'] / rows[0]['median_batch_s'] - 1):.1f}%"
+    print_table(
+        f"inference, preset {args.preset}, batch {args.batch_size}, {size}px source images, {device}, "
+        f"median of {args.repeats}",
+        rows,
+        ["path", "median_batch_s", "images_per_s", "overhead_vs_forward"],
+    )
+    payload = {"benchmark": "inference", "config": vars(args), "results": rows, "pipeline_overhead": overhead}
+    write_json(args.json, payload)
+    return payload
+
+
 SUBCOMMANDS: Dict[str, Callable[[argparse.Namespace], Dict[str, object]]] = {
     "losses": run_losses,
+    "train-step": run_train_step,
+    "inference": run_inference,
 }
 
 
@@ -263,6 +409,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline-repeats", type=int, default=5, help="repeats of the (slow) dense released baseline"
     )
     losses.add_argument("--worker", choices=LOSS_VARIANTS, default=None, help=argparse.SUPPRESS)
+
+    train_step = subparsers.add_parser("train-step", parents=[common], help="training step images/s and memory")
+    train_step.add_argument("--preset", default="tiny")
+    train_step.add_argument("--batch-size", type=int, default=64)
+    train_step.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    train_step.add_argument("--objective", choices=("sadcl", "asl"), default="sadcl")
+    train_step.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', ...")
+    train_step.add_argument("--warmup", type=int, default=2)
+    train_step.add_argument("--repeats", type=int, default=10)
+
+    inference = subparsers.add_parser("inference", parents=[common], help="pipeline vs bare forward images/s")
+    inference.add_argument("--preset", default="tiny")
+    inference.add_argument("--batch-size", type=int, default=64)
+    inference.add_argument("--source-size", type=int, default=None, help="input image side (default: image_size)")
+    inference.add_argument("--device", default="auto")
+    inference.add_argument("--warmup", type=int, default=2)
+    inference.add_argument("--repeats", type=int, default=10)
     return parser
 
 

@@ -1,0 +1,210 @@
+"""The `multi-label-image-classification` pipeline: every label whose sigmoid score reaches its decision threshold.
+
+`import sadcl_hf` registers the task, so::
+
+    import sadcl_hf
+    from transformers import pipeline
+
+    tagger = pipeline("multi-label-image-classification", model="path/or/repo")
+    tagger("photo.jpg")                   # [{"label": "dog", "score": 0.97}, {"label": "person", "score": 0.81}]
+    tagger(["a.jpg", "b.png"], batch_size=8, threshold=0.3)
+
+The decision threshold of a label is, in order of precedence: the `threshold=` argument of the call (or of the
+constructor), a number or one value per class; the per-class thresholds calibrated into `model.config.thresholds`
+(see [`sadcl_hf.calibrate_thresholds`]); 0.5. `threshold=0.0` returns every label with its score.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from huggingface_hub.utils import httpx
+from transformers import AutoModelForImageClassification, ImageClassificationPipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .data.images import ImageLoadError, load_image
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "MULTI_LABEL_TASK",
+    "MultiLabelImageClassificationPipeline",
+    "check_label_names",
+    "has_placeholder_label_names",
+    "load_pipeline_image",
+    "register_pipeline",
+    "resolve_thresholds",
+]
+
+MULTI_LABEL_TASK = "multi-label-image-classification"
+DEFAULT_THRESHOLD = 0.5
+
+
+def has_placeholder_label_names(config) -> bool:
+    """Whether `config.id2label` holds transformers' placeholders `LABEL_0`, `LABEL_1`, ... instead of names."""
+    id2label = {int(index): name for index, name in (getattr(config, "id2label", None) or {}).items()}
+    return all(id2label.get(index) == f"LABEL_{index}" for index in range(config.num_labels))
+
+
+def check_label_names(config) -> list[str]:
+    """The label names of `config` in class-index order.
+
+    Raises `ValueError` when `id2label` does not name every class `0 .. num_labels - 1`; warns when the names are
+    transformers' placeholders (`LABEL_0`, `LABEL_1`, ...), i.e. the model folder was saved without label names.
+    """
+    id2label = {int(index): name for index, name in (getattr(config, "id2label", None) or {}).items()}
+    num_labels = config.num_labels
+    missing = [index for index in range(num_labels) if index not in id2label]
+    if missing:
+        raise ValueError(
+            f"config.id2label must name every class 0..{num_labels - 1} of the model; classes {missing[:10]} have no "
+            "name. Fix `id2label` in the model folder's config.json."
+        )
+    names = [str(id2label[index]) for index in range(num_labels)]
+    if has_placeholder_label_names(config):
+        warnings.warn(
+            "The model config has no label names (id2label holds the placeholders LABEL_0 ... "
+            f"LABEL_{num_labels - 1}); predictions will carry these placeholders. Set `id2label` in config.json.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return names
+
+
+def resolve_thresholds(threshold: float | Sequence[float] | np.ndarray | None, config) -> np.ndarray:
+    """The per-class decision thresholds [K] (float64).
+
+    Args:
+        threshold: one number for every class, or one value per class; `None` takes `config.thresholds`, else 0.5.
+        config: the model config (`num_labels`, `thresholds`).
+
+    Raises:
+        ValueError: a value outside [0, 1] or NaN, or a list whose length is not the number of classes.
+    """
+    num_labels = config.num_labels
+    source = "threshold"
+    if threshold is None:
+        threshold = getattr(config, "thresholds", None)
+        source = "config.thresholds"
+        if threshold is None:
+            return np.full(num_labels, DEFAULT_THRESHOLD)
+    if isinstance(threshold, numbers.Real) and not isinstance(threshold, bool):
+        values = np.full(num_labels, float(threshold))
+    else:
+        try:
+            values = np.asarray(threshold, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"{source} must be a number in [0, 1] or a list of {num_labels} per-class thresholds, got {threshold!r}"
+            ) from error
+        if values.ndim == 0:
+            values = np.full(num_labels, float(values))
+        elif values.shape != (num_labels,):
+            raise ValueError(
+                f"{source} has {values.size} values but the model has {num_labels} labels; give one number or "
+                f"exactly {num_labels} per-class thresholds (in class-index order)"
+            )
+    if np.isnan(values).any() or (values < 0).any() or (values > 1).any():
+        raise ValueError(f"{source} must lie in [0, 1] (thresholds on sigmoid probabilities), got {values.tolist()}")
+    return values
+
+
+def load_pipeline_image(image: Any, timeout: float | None = None) -> PIL.Image.Image:
+    """An upright 8-bit RGB image from a URL, a path, encoded bytes, a PIL image, a `{"path", "bytes"}` dict or a
+    uint8 array, through [`sadcl_hf.data.load_image`] (grayscale/RGBA/CMYK/EXIF, decompression-bomb guard).
+
+    Raises:
+        ImageLoadError: the image cannot be fetched, read or decoded; the message names it and says why.
+    """
+    if isinstance(image, str) and image.startswith(("http://", "https://")):
+        try:
+            response = httpx.get(image, timeout=timeout, follow_redirects=True)
+            response.raise_for_status()
+        except httpx.HTTPError as error:
+            raise ImageLoadError(image, f"cannot download the image ({error})") from error
+        try:
+            return load_image(response.content)
+        except ImageLoadError as error:
+            raise ImageLoadError(image, error.reason) from error
+    return load_image(image)
+
+
+class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
+    """Multi-label image tagging with any `AutoModelForImageClassification` that scores classes independently
+    (sigmoid), such as SADCL.
+
+    Returns, per image, the labels whose probability reaches their threshold, as `[{"label", "score"}]` sorted by
+    decreasing score (possibly empty). Inputs, batching (`batch_size=`), `device=`, `dtype=` and `timeout=` work as in
+    transformers' `ImageClassificationPipeline`; every image goes through [`load_pipeline_image`].
+
+    Call or constructor arguments:
+        threshold (`float` or `list[float]`, *optional*): one threshold for every class, or one per class (length
+            `num_labels`); default `model.config.thresholds`, else 0.5.
+        top_k (`int`, *optional*): return at most this many labels per image (the highest scores).
+        timeout (`float`, *optional*): seconds to wait for an image URL.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.label_names = check_label_names(self.model.config)
+
+    def _sanitize_parameters(self, threshold=None, top_k=None, timeout=None):
+        preprocess_params = {}
+        if timeout is not None:
+            preprocess_params["timeout"] = timeout
+        postprocess_params = {}
+        if threshold is not None:
+            postprocess_params["threshold"] = resolve_thresholds(threshold, self.model.config)
+        if top_k is not None:
+            if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+                raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+            postprocess_params["top_k"] = int(top_k)
+        return preprocess_params, {}, postprocess_params
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Saves the model and the image processor. Unlike transformers' custom pipelines, the pipeline's code is not
+        copied: it comes with sadcl-hf (`import sadcl_hf` registers the task), and the saved model alone loads with
+        `trust_remote_code=True` elsewhere."""
+        os.makedirs(save_directory, exist_ok=True)
+        self.model.save_pretrained(save_directory, **kwargs)
+        self.image_processor.save_pretrained(save_directory, **kwargs)
+
+    def decision_thresholds(self, threshold: float | Sequence[float] | None = None) -> np.ndarray:
+        """The thresholds [K] a call with `threshold` would apply (see [`resolve_thresholds`])."""
+        if threshold is None:
+            threshold = self._postprocess_params.get("threshold")
+        return resolve_thresholds(threshold, self.model.config)
+
+    def preprocess(self, image, timeout=None):
+        if not isinstance(image, torch.Tensor) and not (isinstance(image, np.ndarray) and image.dtype != np.uint8):
+            image = load_pipeline_image(image, timeout=timeout)
+        return self.image_processor(images=image, return_tensors="pt").to(self.dtype)
+
+    def postprocess(self, model_outputs, threshold=None, top_k=None):
+        logits = model_outputs["logits"][0].float().numpy().astype(np.float64)
+        scores = np.exp(-np.logaddexp(0.0, -logits))
+        thresholds = self.decision_thresholds(threshold)
+        selected = np.flatnonzero(scores >= thresholds)
+        ranked = selected[np.argsort(-scores[selected], kind="stable")]
+        if top_k is not None:
+            ranked = ranked[:top_k]
+        return [{"label": self.label_names[index], "score": float(scores[index])} for index in ranked]
+
+
+def register_pipeline() -> None:
+    """Registers the `multi-label-image-classification` task with transformers' `pipeline()` (idempotent)."""
+    registered = PIPELINE_REGISTRY.supported_tasks.get(MULTI_LABEL_TASK)
+    if registered is not None and registered["impl"] is MultiLabelImageClassificationPipeline:
+        return
+    PIPELINE_REGISTRY.register_pipeline(
+        MULTI_LABEL_TASK,
+        pipeline_class=MultiLabelImageClassificationPipeline,
+        pt_model=AutoModelForImageClassification,
+        type="image",
+    )

@@ -1,0 +1,133 @@
+"""Push to and load from a Hub: scripts/push_to_hub.py against the loopback server of `tests/hub_server.py`.
+
+huggingface_hub reads HF_ENDPOINT when it is imported, so the client side runs in subprocesses pointed at the server.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import huggingface_hub.constants
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard, hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+from transformers import AutoModelForImageClassification
+
+from sadcl_hf.model_card import save_model_card
+
+from .hub_server import HubServer
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO_ID = "tester/sadcl-tiny"
+
+
+@pytest.fixture
+def hub():
+    server = HubServer(user="tester").start()
+    yield server
+    server.stop()
+
+
+def client_env(hub: HubServer, tmp_path: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(
+        HF_ENDPOINT=hub.endpoint,
+        HF_TOKEN="hf_test_token",
+        HF_HUB_DISABLE_XET="1",  # the test server speaks Git LFS, not Xet
+        HF_HOME=str(tmp_path / "hf_home"),  # empty cache, private module cache for the remote code
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+def run_python(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}"
+    return result
+
+
+def test_push_then_load_with_remote_code_where_sadcl_hf_is_missing(tiny_model_dir, tmp_path, hub):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    local = AutoModelForImageClassification.from_pretrained(model_dir).eval()
+    save_model_card(local, model_dir, metrics={"map": 61.5, "of1": 55.25}, dataset_name="digits-mosaic")
+    env = client_env(hub, tmp_path)
+    push = run_python(["scripts/push_to_hub.py", str(model_dir), REPO_ID, "--commit-message", "First model"], env)
+    assert f"to {REPO_ID}" in push.stdout
+
+    repo = hub.repos[REPO_ID]
+    head = repo.commits[-1]
+    assert head.message == "First model" and len(repo.commits) == 2  # creation + one upload commit
+    expected_files = {
+        ".gitattributes", "README.md", "config.json", "model.safetensors", "preprocessor_config.json",
+        "configuration_sadcl.py", "modeling_sadcl.py", "losses.py",
+    }
+    assert set(head.files) == expected_files
+    assert head.files["model.safetensors"].lfs and not head.files["config.json"].lfs  # weights went through LFS
+    assert head.files["model.safetensors"].content == (model_dir / "model.safetensors").read_bytes()
+    config = json.loads(head.files["config.json"].content)
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_sadcl.SADCLConfig",
+        "AutoModel": "modeling_sadcl.SADCLModel",
+        "AutoModelForImageClassification": "modeling_sadcl.SADCLForImageClassification",
+    }
+    (tmp_path / "pushed_README.md").write_bytes(head.files["README.md"].content)
+    card = ModelCard.load(tmp_path / "pushed_README.md")  # the folder's card, retargeted to the repository
+    assert card.data.model_name == REPO_ID
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {"map": 61.5, "of1": 55.25}
+    assert f'from_pretrained("{REPO_ID}", trust_remote_code=True)' in card.text
+    assert "sadcl-resnet10t-digits-mosaic" not in card.text
+
+    pixel_values = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    np.save(tmp_path / "pixel_values.npy", pixel_values.numpy())
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.modules["sadcl_hf"] = None  # `import sadcl_hf` raises: only the repository's own code can be used
+        import numpy as np
+        import torch
+        from huggingface_hub import snapshot_download
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        model = AutoModelForImageClassification.from_pretrained({REPO_ID!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        processor = AutoImageProcessor.from_pretrained({REPO_ID!r})
+        assert processor.size == {{"height": 64, "width": 64}}, processor.size
+        pixel_values = torch.from_numpy(np.load({str(tmp_path / "pixel_values.npy")!r}))
+        with torch.no_grad():
+            np.save({str(tmp_path / "remote_logits.npy")!r}, model(pixel_values).logits.numpy())
+        snapshot = snapshot_download({REPO_ID!r})
+        print("SNAPSHOT", sorted(os.listdir(snapshot)))
+        """
+    )
+    load = run_python(["-c", script], env)
+    assert f"SNAPSHOT {sorted(expected_files)}" in load.stdout
+
+    with torch.no_grad():
+        expected = local(pixel_values).logits.numpy()
+    np.testing.assert_array_equal(np.load(tmp_path / "remote_logits.npy"), expected)
+    assert hub.unhandled == []
+
+
+def test_hub_server_error_responses(hub, tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the loopback server is reachable
+    api = HfApi(endpoint=hub.endpoint, token="hf_test_token")
+    assert api.create_repo("tester/errors").repo_id == "tester/errors"
+    assert api.create_repo("tester/errors", exist_ok=True).repo_id == "tester/errors"
+    with pytest.raises(HfHubHTTPError) as conflict:
+        api.create_repo("tester/errors")
+    assert conflict.value.response.status_code == 409
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download("tester/errors", "missing.json", endpoint=hub.endpoint, cache_dir=tmp_path)
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("tester/nothing", "config.json", endpoint=hub.endpoint, cache_dir=tmp_path)
+    downloaded = hf_hub_download("tester/errors", ".gitattributes", endpoint=hub.endpoint, cache_dir=tmp_path)
+    assert "*.safetensors filter=lfs" in Path(downloaded).read_text()
