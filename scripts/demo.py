@@ -51,11 +51,11 @@ def _stage(output_dir: Path, config: Path, dataset_options: dict, extra: list[st
 
 
 def _table(results: dict[str, dict]) -> str:
-    columns = [(stage, weights) for stage in ("baseline", "sadcl") for weights in ("ema", "raw")]
-    header = f"{'metric (%)':<12}" + "".join(f"{f'{stage} {weights}':>15}" for stage, weights in columns)
+    columns = [(stage, weights) for stage in results for weights in ("ema", "raw")]
+    header = f"{'metric (%)':<12}" + "".join(f"{f'{stage} {weights}':>17}" for stage, weights in columns)
     rows = [header, "-" * len(header)]
     for key in METRICS:
-        rows.append(f"{key:<12}" + "".join(f"{results[stage][weights][key]:>15.2f}" for stage, weights in columns))
+        rows.append(f"{key:<12}" + "".join(f"{results[stage][weights][key]:>17.2f}" for stage, weights in columns))
     return "\n".join(rows)
 
 
@@ -64,10 +64,16 @@ def main() -> None:
     parser.add_argument("--output-dir", default="runs/demo")
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
     parser.add_argument("--baseline-steps", type=int, default=None, help="default: the config's max_steps")
-    parser.add_argument("--sadcl-steps", type=int, default=None, help="default: the config's max_steps")
+    parser.add_argument("--sadcl-steps", type=int, default=300, help="stage-2 steps (it starts from stage 1)")
     parser.add_argument("--num-examples", type=int, default=8, help="test images to tag and draw attention for")
     parser.add_argument(
         "--dataset-options", type=json.loads, default={}, help='digits-mosaic options as JSON, e.g. {"num_train": 500}'
+    )
+    parser.add_argument(
+        "--asl-control",
+        action="store_true",
+        help="also continue stage 1 with ASL only for as many steps as stage 2 (separates the contrastive terms' "
+        "effect from the extra training; ~2 more minutes)",
     )
     args = parser.parse_args()
     start = time.perf_counter()
@@ -81,7 +87,9 @@ def main() -> None:
 
     _banner("2/8 stage 1: baseline (SARL + ASL)")
     steps = ["--max_steps", str(args.baseline_steps)] if args.baseline_steps else []
-    results = {"baseline": _stage(output_dir / "baseline", config, args.dataset_options, ["--stage", "baseline", *steps])}
+    results = {
+        "baseline": _stage(output_dir / "baseline", config, args.dataset_options, ["--stage", "baseline", *steps])
+    }
 
     _banner("3/8 stage 2: prototypes from stage 1, then SADCL (ASL + SSCL + PSCL)")
     steps = ["--max_steps", str(args.sadcl_steps)] if args.sadcl_steps else []
@@ -92,6 +100,15 @@ def main() -> None:
         args.dataset_options,
         ["--stage", "sadcl", "--model_name_or_path", str(stage1), *steps],
     )
+
+    if args.asl_control:
+        _banner("3/8 control: stage 1 continued with ASL only, as many steps as stage 2")
+        results["asl-control"] = _stage(
+            output_dir / "asl-control",
+            config,
+            args.dataset_options,
+            ["--stage", "baseline", "--model_name_or_path", str(stage1), *steps],
+        )
 
     _banner("4/8 test-split results (digits-mosaic test; EMA = exponential moving average of the weights)")
     print(_table(results))
@@ -143,6 +160,7 @@ def main() -> None:
         "baseline_raw": results["baseline"]["raw"],
         "sadcl_raw": results["sadcl"]["raw"],
         "calibration": {"validation_before": calibration["before"], "validation_after": calibration["after"]},
+        **({"asl_control": results["asl-control"]["ema"]} if args.asl_control else {}),
         "train_seconds": {stage: results[stage]["train_seconds"] for stage in results},
         "wall_seconds": wall_seconds,
         "torch_threads": torch.get_num_threads(),
