@@ -59,6 +59,13 @@ class SADCLTrainingArguments(TrainingArguments):
             "positive label features (no stage-1 model needed); 0 disables."
         },
     )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop after this many evaluations without improvement of --metric_for_best_model "
+            "(e.g. eval_ema_map); needs --load_best_model_at_end."
+        },
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "The collator needs the image column."})
     ddp_broadcast_buffers: bool | None = field(default=False, metadata={"help": "Memory banks stay per process."})
     ddp_find_unused_parameters: bool | None = field(
@@ -70,6 +77,10 @@ class SADCLTrainingArguments(TrainingArguments):
         super().__post_init__()
         if self.lr_schedule not in ("one_cycle", "trainer"):
             raise ValueError(f"lr_schedule must be 'one_cycle' or 'trainer', got {self.lr_schedule!r}")
+        if self.early_stopping_patience is not None and not (
+            self.load_best_model_at_end and self.metric_for_best_model
+        ):
+            raise ValueError("early_stopping_patience needs load_best_model_at_end and metric_for_best_model")
 
 
 class _EMAUpdateCallback(TrainerCallback):
@@ -277,6 +288,13 @@ class SADCLTrainer(Trainer):
         if self.online_prototypes is not None:
             state = {k: v.detach().contiguous().cpu() for k, v in self.online_prototypes.state_dict().items()}
             save_file(state, output_dir / f"rank{self.args.process_index}-{ONLINE_PROTOTYPES_NAME}")
+
+    def _load_best_model(self):
+        """`load_best_model_at_end`: the best checkpoint's EMA weights come back with its raw weights."""
+        super()._load_best_model()
+        ema_file = Path(self.state.best_model_checkpoint) / EMA_WEIGHTS_NAME
+        if self.ema is not None and ema_file.is_file():
+            self.ema.module.load_state_dict(load_file(ema_file, device=str(self.ema.module.prototypes.device)))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)

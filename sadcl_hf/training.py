@@ -267,8 +267,8 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
         )
 
     callbacks = [_TrainLogCallback()]
-    if training_args.load_best_model_at_end and training_args.metric_for_best_model:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=3))
+    if training_args.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
     trainer = SADCLTrainer(
         model=model,
         args=training_args,

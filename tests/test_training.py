@@ -155,3 +155,33 @@ def test_accelerate_launch_two_processes_stay_in_sync(tmp_path, data_options):
     assert banks[0].shape == banks[1].shape == (8, 10, 128)
     assert not torch.equal(banks[0], banks[1])  # each process keeps its own memory bank (its own samples)
     assert json.loads((tmp_path / "all_results.json").read_text())["eval_map"] >= 0
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda path: path.name)
+def test_shipped_configs_parse(config, tmp_path):
+    model_args, data_args, training_args = parse_arguments(["--config", str(config), "--output_dir", str(tmp_path)])
+    assert model_args.stage in ("baseline", "sadcl", "single")
+    assert data_args.dataset in ("digits-mosaic", "coco2014", "voc2007", "nuswide", "vg500")
+    if config.name != "demo.yaml":
+        assert model_args.preset.startswith("paper-r101") and model_args.use_pretrained_backbone
+        assert training_args.ema_decay == 0.9998 and training_args.learning_rate == pytest.approx(5e-5)
+        assert training_args.metric_for_best_model == "eval_ema_map" and training_args.early_stopping_patience
+
+
+def test_early_stopping_needs_a_metric(tmp_path):
+    with pytest.raises(ValueError, match="early_stopping_patience"):
+        parse_arguments(["--output_dir", str(tmp_path), "--early_stopping_patience", "2"])
+
+
+def test_best_checkpoint_and_its_ema_are_exported(tmp_path, data_options):
+    _train(
+        tmp_path, data_options, "--stage", "baseline", "--max_steps", "6", "--eval_strategy", "steps",
+        "--eval_steps", "2", "--save_strategy", "steps", "--save_steps", "2", "--load_best_model_at_end",
+        "--metric_for_best_model", "eval_ema_map", "--early_stopping_patience", "5",
+    )  # fmt: skip
+    state = json.loads((tmp_path / "checkpoint-6" / "trainer_state.json").read_text())
+    best = Path(state["best_model_checkpoint"])
+    best_ema = load_file(best / "ema.safetensors")
+    exported = load_file(tmp_path / "model" / "model.safetensors")
+    for key, value in exported.items():
+        torch.testing.assert_close(value, best_ema[key], rtol=0, atol=0, msg=key)
