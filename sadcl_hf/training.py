@@ -236,6 +236,11 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
     train_dataset = _load_split(data_args, train_split, data_args.max_train_samples)
     eval_dataset = _load_split(data_args, eval_split, data_args.max_eval_samples)
     names = label_names(train_dataset)
+    if label_names(eval_dataset) != names:
+        raise ValueError(
+            f"{data_args.dataset}: the {eval_split!r} split's classes differ from the {train_split!r} split's "
+            f"({label_names(eval_dataset)[:5]}... vs {names[:5]}...)"
+        )
 
     model = build_model(model_args, names)
     config = model.config
