@@ -152,40 +152,50 @@ class SADCLSinePositionEncoding(nn.Module):
         return torch.cat((pos_y, pos_x), dim=-1).permute(2, 0, 1).unsqueeze(0).to(feature_map.dtype)
 
 
-class SADCLEncoderLayer(nn.Module):
-    """Post-norm DETR encoder layer: self-attention (position added to queries and keys), then a ReLU FFN."""
+class SADCLPostNormLayer(nn.Module):
+    """Post-norm transformer layer as in DETR: an attention block (module `attention_name`, norm
+    `{attention_name}_norm`), then a ReLU feed-forward block (`linear1`, `linear2`, `ffn_norm`)."""
 
-    def __init__(self, config: SADCLConfig):
+    def __init__(self, config: SADCLConfig, attention_name: str):
         super().__init__()
         dim = config.hidden_dim
-        self.self_attn = nn.MultiheadAttention(dim, config.num_attention_heads, dropout=config.dropout, batch_first=True)
-        self.self_attn_norm = nn.LayerNorm(dim)
+        self.attention_name = attention_name
+        attention = nn.MultiheadAttention(dim, config.num_attention_heads, dropout=config.dropout, batch_first=True)
+        self.add_module(attention_name, attention)
+        self.add_module(f"{attention_name}_norm", nn.LayerNorm(dim))
         self.linear1 = nn.Linear(dim, config.dim_feedforward)
         self.linear2 = nn.Linear(config.dim_feedforward, dim)
         self.ffn_norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, hidden_states: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        """hidden_states, position: [B, HW, D] -> [B, HW, D]."""
-        query = hidden_states + position
-        attended = self.self_attn(query, query, hidden_states, need_weights=False)[0]
-        hidden_states = self.self_attn_norm(hidden_states + self.dropout(attended))
+    def attend(self, residual, query, key, value, need_weights: bool = False):
+        """norm(residual + attention(query, key, value)): [B, Q, D] -> ([B, Q, D], weights [B, Q, N] or None)."""
+        attended, weights = getattr(self, self.attention_name)(query, key, value, need_weights=need_weights)
+        return getattr(self, f"{self.attention_name}_norm")(residual + self.dropout(attended)), weights
+
+    def feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         ffn = self.linear2(self.dropout(torch.relu(self.linear1(hidden_states))))
         return self.ffn_norm(hidden_states + self.dropout(ffn))
 
 
-class SADCLDecoderLayer(nn.Module):
-    """Query2Label decoder layer: cross-attention from class queries to pixels (no self-attention), then a ReLU FFN."""
+class SADCLEncoderLayer(SADCLPostNormLayer):
+    """DETR encoder layer: self-attention over the pixels (position added to queries and keys), then the FFN."""
 
     def __init__(self, config: SADCLConfig):
-        super().__init__()
-        dim = config.hidden_dim
-        self.cross_attn = nn.MultiheadAttention(dim, config.num_attention_heads, dropout=config.dropout, batch_first=True)
-        self.cross_attn_norm = nn.LayerNorm(dim)
-        self.linear1 = nn.Linear(dim, config.dim_feedforward)
-        self.linear2 = nn.Linear(config.dim_feedforward, dim)
-        self.ffn_norm = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(config.dropout)
+        super().__init__(config, "self_attn")
+
+    def forward(self, hidden_states: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """hidden_states, position: [B, HW, D] -> [B, HW, D]."""
+        query = hidden_states + position
+        hidden_states, _ = self.attend(hidden_states, query, query, hidden_states)
+        return self.feed_forward(hidden_states)
+
+
+class SADCLDecoderLayer(SADCLPostNormLayer):
+    """Query2Label decoder layer: cross-attention from class queries to pixels (no self-attention), then the FFN."""
+
+    def __init__(self, config: SADCLConfig):
+        super().__init__(config, "cross_attn")
 
     def forward(
         self,
@@ -196,12 +206,8 @@ class SADCLDecoderLayer(nn.Module):
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """queries [B, K, D], query_position [1, K, D], memory/position [B, HW, D] -> ([B, K, D], [B, K, HW] or None)."""
-        attended, weights = self.cross_attn(
-            queries + query_position, memory + position, memory, need_weights=output_attentions
-        )
-        queries = self.cross_attn_norm(queries + self.dropout(attended))
-        ffn = self.linear2(self.dropout(torch.relu(self.linear1(queries))))
-        return self.ffn_norm(queries + self.dropout(ffn)), weights
+        queries, weights = self.attend(queries, queries + query_position, memory + position, memory, output_attentions)
+        return self.feed_forward(queries), weights
 
 
 class SADCLTransformerEncoder(nn.Module):

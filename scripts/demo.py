@@ -166,7 +166,8 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
     }
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2))
-    print(f"test mAP (EMA): baseline {summary['baseline']['map']:.2f}, SADCL {summary['sadcl']['map']:.2f}")
+    control = f", ASL-only control {summary['asl_control']['map']:.2f}" if args.asl_control else ""
+    print(f"test mAP (EMA): baseline {summary['baseline']['map']:.2f}, SADCL {summary['sadcl']['map']:.2f}{control}")
     print(f"wall time: {wall_seconds:.0f} s")
     print(f"model: {final_dir}\nattention maps: {attention_dir}\nresults: {output_dir / 'results.json'}")
     print(f"runs: {output_dir / 'baseline'} (stage 1), {output_dir / 'sadcl'} (stage 2)")
