@@ -11,6 +11,13 @@ from .modeling_sadcl import (
     SADCLPreTrainedModel,
 )
 from .calibration import calibrate_thresholds, load_thresholds
+from .losses import (
+    AsymmetricLoss,
+    PrototypeToSampleContrastiveLoss,
+    SADCLLoss,
+    SADCLLossOutput,
+    SampleToSampleContrastiveLoss,
+)
 from .pipeline import MULTI_LABEL_TASK, MultiLabelImageClassificationPipeline, register_pipeline
 
 __version__ = "0.1.0"
@@ -25,7 +32,20 @@ SADCLModel.register_for_auto_class("AutoModel")
 SADCLForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 register_pipeline()  # pipeline("multi-label-image-classification", model=...)
 
+_LAZY = {"SADCLTrainer": ".trainer", "SADCLTrainingArguments": ".trainer"}
+
+
+def __getattr__(name: str):
+    """`SADCLTrainer` and `SADCLTrainingArguments` import transformers' Trainer only when asked for."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "AsymmetricLoss",
     "COCO_LABELS",
     "MULTI_LABEL_TASK",
     "MultiLabelImageClassificationPipeline",
@@ -33,9 +53,15 @@ __all__ = [
     "SADCLConfig",
     "SADCLForImageClassification",
     "SADCLImageClassifierOutput",
+    "SADCLLoss",
+    "SADCLLossOutput",
     "SADCLModel",
     "SADCLModelOutput",
     "SADCLPreTrainedModel",
+    "SADCLTrainer",
+    "SADCLTrainingArguments",
+    "PrototypeToSampleContrastiveLoss",
+    "SampleToSampleContrastiveLoss",
     "calibrate_thresholds",
     "load_thresholds",
 ]
