@@ -1,4 +1,5 @@
-"""sadcl-hf: SADCL (Semantic-Aware Dual Contrastive Learning) multi-label image classification for the Hugging Face ecosystem."""
+"""sadcl-hf: SADCL (Semantic-Aware Dual Contrastive Learning) multi-label image classification for the Hugging
+Face ecosystem."""
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 

@@ -59,7 +59,8 @@ class SADCLConfig(PreTrainedConfig):
         use_pretrained_backbone (`bool`): load the timm ImageNet weights when the model is built from this config.
             Never used by `from_pretrained`, whose checkpoint already holds the backbone.
         backbone_kwargs (`dict`, *optional*): extra `timm.create_model` arguments (e.g. `{"output_stride": 16}`).
-        freeze_backbone_batch_norm (`bool`): replace BatchNorm by FrozenBatchNorm2d (statistics and affine fixed), as the paper.
+        freeze_backbone_batch_norm (`bool`): replace BatchNorm by FrozenBatchNorm2d (statistics and affine fixed),
+            as the paper.
         backbone_frozen_stages (`int`): freeze the backbone up to and including timm feature level N
             (ResNets: 0 = stem, 1 = stem + layer1, the paper's setting); -1 trains everything.
         image_size (`int`): training/evaluation resolution (square).
@@ -68,13 +69,17 @@ class SADCLConfig(PreTrainedConfig):
         use_input_projection (`bool`, *optional*): 1x1 conv from the backbone's channels to `hidden_dim`;
             `None` adds it only when the two differ (the official `keep_input_proj=False`).
         projection_dim (`int`): output size of the contrastive projector (1024 in the paper).
-        image_mean / image_std (`list[float]`, *optional*): input normalisation; `None` takes the backbone's timm `pretrained_cfg`.
+        image_mean / image_std (`list[float]`, *optional*): input normalisation; `None` takes the backbone's timm
+            `pretrained_cfg`.
         objective (`str`): `"sadcl"` (ASL + SSCL + PSCL, eq. 12) or `"asl"` (the SARL baseline).
-        asl_gamma_neg / asl_gamma_pos / asl_clip / asl_eps: asymmetric loss settings (the released COCO run: 0, 0, 0, 1e-5).
+        asl_gamma_neg / asl_gamma_pos / asl_clip / asl_eps: asymmetric loss settings (the released COCO run:
+            0, 0, 0, 1e-5).
         sscl_weight / pscl_weight (`float`): loss weights (100 and 50 in the paper).
         sscl_temperature / sscl_base_temperature / pscl_temperature (`float`): contrastive temperatures.
-        sscl_mode (`str`): `"reference"` (the released code, the paper's numbers) or `"corrected"` (the paper's equation).
-        memory_bank_threshold (`float`): a positive label-level feature enters the memory bank when sigmoid(logit) exceeds it.
+        sscl_mode (`str`): `"reference"` (the released code, the paper's numbers) or `"corrected"` (the paper's
+            equation).
+        memory_bank_threshold (`float`): a positive label-level feature enters the memory bank when sigmoid(logit)
+            exceeds it.
         prototype_threshold (`float`): confidence a positive needs to contribute to a class prototype.
         thresholds (`list[float]`, *optional*): per-class decision thresholds (calibrated); `None` means 0.5 everywhere.
     """

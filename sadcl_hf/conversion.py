@@ -117,7 +117,9 @@ def convert_official_state_dict(
         if "transformer.encoder.layers.0.linear1.weight" in state_dict
         else state_dict["transformer.decoder.layers.0.linear1.weight"].shape[0],
         use_input_projection="input_proj.weight" in state_dict,
-        projection_dim=state_dict["proj_head.layers.1.weight"].shape[0] if "proj_head.layers.1.weight" in state_dict else 1024,
+        projection_dim=state_dict["proj_head.layers.1.weight"].shape[0]
+        if "proj_head.layers.1.weight" in state_dict
+        else 1024,
         id2label=id2label if id2label is not None else {i: f"LABEL_{i}" for i in range(num_labels)},
     )
     converted = {}
@@ -156,7 +158,9 @@ def convert_official_checkpoint(
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     missing = [key for key in missing if not key.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise ValueError(f"{checkpoint}: tensors do not fit the inferred architecture; missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"{checkpoint}: tensors do not fit the inferred architecture; missing {missing}, unexpected {unexpected}"
+        )
     model.eval()
     model.save_pretrained(output_dir)
     image_processor_for_config(config).save_pretrained(output_dir)

@@ -1,4 +1,5 @@
-"""The image processor saved with every SADCL model: resize to `image_size`, rescale, normalise as the backbone expects."""
+"""The image processor saved with every SADCL model: resize to `image_size`, rescale, normalise as the backbone
+expects."""
 
 from __future__ import annotations
 

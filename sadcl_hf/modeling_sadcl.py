@@ -205,7 +205,8 @@ class SADCLDecoderLayer(SADCLPostNormLayer):
         position: torch.Tensor,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """queries [B, K, D], query_position [1, K, D], memory/position [B, HW, D] -> ([B, K, D], [B, K, HW] or None)."""
+        """queries [B, K, D], query_position [1, K, D], memory/position [B, HW, D]
+        -> (label features [B, K, D], attention weights [B, K, HW] or None)."""
         queries, weights = self.attend(queries, queries + query_position, memory + position, memory, output_attentions)
         return self.feed_forward(queries), weights
 
@@ -281,7 +282,8 @@ class SADCLPreTrainedModel(PreTrainedModel):
             init.normal_(module.prototypes, std=1.0)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Saves weights (safetensors) and config; with remote code registered, `auto_map` lists all three Auto classes."""
+        """Saves weights (safetensors) and config; with remote code registered, `auto_map` lists all three Auto
+        classes."""
         if getattr(self, "_auto_class", None) is not None:
             self.config.auto_map = {
                 **(getattr(self.config, "auto_map", None) or {}),
@@ -421,7 +423,8 @@ class SADCLForImageClassification(SADCLPreTrainedModel):
 
     @torch.no_grad()
     def memory_bank_for_batch(self, batch_size: int) -> torch.Tensor:
-        """The memory bank's first `batch_size` rows [B, K, D]; a bank smaller than the batch restarts from the prototypes."""
+        """The memory bank's first `batch_size` rows [B, K, D]; a bank smaller than the batch restarts from the
+        prototypes."""
         if self.memory_bank.shape[0] < batch_size:
             self.reset_memory_bank(batch_size)
         return self.memory_bank[:batch_size]

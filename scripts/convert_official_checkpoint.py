@@ -24,7 +24,8 @@ def main() -> None:
     config = model.config
     print(
         f"converted {args.checkpoint} -> {args.output_dir}: backbone {config.backbone}, {config.num_labels} classes, "
-        f"hidden {config.hidden_dim}, {config.num_encoder_layers} encoder / {config.num_decoder_layers} decoder layers, "
+        f"hidden {config.hidden_dim}, {config.num_encoder_layers} encoder / {config.num_decoder_layers} decoder "
+        "layers, "
         f"image size {config.image_size}"
     )
 

@@ -31,7 +31,21 @@ from sadcl_hf.model_card import save_model_card
 from sadcl_hf.training import parse_arguments, read_config_file, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("map", "cp", "cr", "cf1", "op", "or", "of1", "cp_top3", "cr_top3", "cf1_top3", "op_top3", "or_top3", "of1_top3")
+METRICS = (
+    "map",
+    "cp",
+    "cr",
+    "cf1",
+    "op",
+    "or",
+    "of1",
+    "cp_top3",
+    "cr_top3",
+    "cf1_top3",
+    "op_top3",
+    "or_top3",
+    "of1_top3",
+)
 
 
 def _banner(text: str) -> None:

@@ -115,7 +115,8 @@ def test_stage_sadcl_without_stage_one_model_is_explained(tmp_path, data_options
 def test_resumed_run_ends_with_the_same_weights(tmp_path, data_options):
     deterministic = [
         "--stage", "single", "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "3",
-        "--resize_margin", "0", "--crop_scales", "1.0", "--config_overrides", json.dumps({"dropout": 0.0}), "--seed", "7",
+        "--resize_margin", "0", "--crop_scales", "1.0", "--config_overrides", json.dumps({"dropout": 0.0}),
+        "--seed", "7",
     ]  # fmt: skip
     _train(tmp_path / "full", data_options, *deterministic)
     checkpoint = tmp_path / "full" / "checkpoint-3"

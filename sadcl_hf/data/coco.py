@@ -8,7 +8,7 @@ from typing import Optional, Union
 
 import datasets
 
-from .common import DatasetLayoutError, build_multilabel_dataset, require_dir, require_file
+from .common import DatasetLayoutError, build_multilabel_dataset, require_dir, require_file, select_splits
 
 
 __all__ = ["COCO_SPLITS", "load_coco"]
@@ -110,10 +110,7 @@ def load_coco(
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise DatasetLayoutError(f"COCO root {root} is not a directory. {_LAYOUT_HINT.format(year=year)}")
-    splits = COCO_SPLITS if split is None else (split,)
-    for name in splits:
-        if name not in COCO_SPLITS:
-            raise ValueError(f"Unknown COCO split {name!r}; expected one of {list(COCO_SPLITS)}.")
+    splits = select_splits(split, COCO_SPLITS, "COCO")
     loaded = {
         name: _load_split(root, name, year, drop_unlabeled, skip_missing, skip_unreadable) for name in splits
     }

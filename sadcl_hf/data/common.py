@@ -24,6 +24,7 @@ from .images import ImageLoadError, load_image
 
 
 __all__ = [
+    "select_splits",
     "DatasetLayoutError",
     "build_multilabel_dataset",
     "label_names",
@@ -59,6 +60,16 @@ def require_dir(path: str, what: str, hint: str = "") -> str:
     if hint:
         message += f" {hint}"
     raise DatasetLayoutError(message)
+
+
+def select_splits(split: Optional[str], available: Sequence[str], dataset: str) -> tuple[str, ...]:
+    """The splits to load: `(split,)`, or all of `available` when `split` is None; an unknown split is an error
+    naming the dataset and the choices."""
+    if split is None:
+        return tuple(available)
+    if split not in available:
+        raise ValueError(f"Unknown {dataset} split {split!r}; expected one of {list(available)}.")
+    return (split,)
 
 
 def multilabel_features(class_names: Sequence[str], with_ignore: bool = False) -> datasets.Features:

@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Union
 import datasets
 import numpy as np
 
-from .common import DatasetLayoutError, build_multilabel_dataset, require_file
+from .common import DatasetLayoutError, build_multilabel_dataset, require_file, select_splits
 
 
 __all__ = ["NUS_WIDE_CONCEPTS", "NUS_WIDE_SPLITS", "load_nuswide"]
@@ -257,10 +257,7 @@ def load_nuswide(
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise DatasetLayoutError(f"NUS-WIDE root {root} is not a directory.")
-    splits = NUS_WIDE_SPLITS if split is None else (split,)
-    for name in splits:
-        if name not in NUS_WIDE_SPLITS:
-            raise ValueError(f"Unknown NUS-WIDE split {name!r}; expected one of {list(NUS_WIDE_SPLITS)}.")
+    splits = select_splits(split, NUS_WIDE_SPLITS, "NUS-WIDE")
     if format == "auto":
         format = "official" if os.path.isdir(os.path.join(root, "ImageList")) else "csv"
         if format == "csv" and csv_file is None and not any(

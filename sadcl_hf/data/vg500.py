@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Union
 
 import datasets
 
-from .common import DatasetLayoutError, build_multilabel_dataset
+from .common import DatasetLayoutError, build_multilabel_dataset, select_splits
 
 
 __all__ = ["VG500_NUM_CLASSES", "VG500_SPLITS", "load_vg500"]
@@ -111,10 +111,7 @@ def load_vg500(
         skip_unreadable: decode every image first and drop the unreadable ones (warning); slow.
     """
     root = os.fspath(root)
-    splits = VG500_SPLITS if split is None else (split,)
-    for name in splits:
-        if name not in VG500_SPLITS:
-            raise ValueError(f"Unknown VG500 split {name!r}; expected one of {list(VG500_SPLITS)}.")
+    splits = select_splits(split, VG500_SPLITS, "VG500")
     partition_dir = _find_partition_dir(root)
     label_path = os.path.join(partition_dir, _LABEL_FILE)
     with open(label_path, encoding="utf-8") as handle:

@@ -8,7 +8,7 @@ from typing import Optional, Union
 
 import datasets
 
-from .common import DatasetLayoutError, build_multilabel_dataset, require_dir, require_file
+from .common import DatasetLayoutError, build_multilabel_dataset, require_dir, require_file, select_splits
 
 
 __all__ = ["VOC_CLASSES", "VOC_DIFFICULT_MODES", "VOC_SPLITS", "load_voc"]
@@ -148,10 +148,7 @@ def load_voc(
         raise ValueError(f"PASCAL VOC year must be 2007 or 2012, got {year!r}.")
     if difficult not in VOC_DIFFICULT_MODES:
         raise ValueError(f"difficult must be one of {list(VOC_DIFFICULT_MODES)}, got {difficult!r}.")
-    splits = VOC_SPLITS[year] if split is None else (split,)
-    for name in splits:
-        if name not in VOC_SPLITS[year]:
-            raise ValueError(f"Unknown PASCAL VOC {year} split {name!r}; expected one of {list(VOC_SPLITS[year])}.")
+    splits = select_splits(split, VOC_SPLITS[year], f"PASCAL VOC {year}")
     year_dir = _find_year_dir(os.fspath(root), year)
     loaded = {name: _load_split(year_dir, year, name, difficult, skip_missing, skip_unreadable) for name in splits}
     return loaded[split] if split is not None else datasets.DatasetDict(loaded)
