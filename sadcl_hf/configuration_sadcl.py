@@ -78,6 +78,8 @@ class SADCLConfig(PreTrainedConfig):
         sscl_temperature / sscl_base_temperature / pscl_temperature (`float`): contrastive temperatures.
         sscl_mode (`str`): `"reference"` (the released code, the paper's numbers) or `"corrected"` (the paper's
             equation).
+        gather_contrastive_features (`bool`): in multi-process training, SSCL and PSCL contrast the features of all
+            processes (differentiable all-gather) instead of each process's own batch (the paper's behaviour).
         memory_bank_threshold (`float`): a positive label-level feature enters the memory bank when sigmoid(logit)
             exceeds it.
         prototype_threshold (`float`): confidence a positive needs to contribute to a class prototype.
@@ -121,6 +123,7 @@ class SADCLConfig(PreTrainedConfig):
     sscl_base_temperature: float = 0.2
     sscl_mode: str = "reference"
     pscl_temperature: float = 0.07
+    gather_contrastive_features: bool = False
     memory_bank_threshold: float = 0.8
     prototype_threshold: float = 0.85
     thresholds: list[float] | None = None

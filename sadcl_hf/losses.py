@@ -451,6 +451,28 @@ class SADCLLossOutput:
     pscl: Optional[torch.Tensor] = None
 
 
+def _world_size() -> int:
+    distributed = torch.distributed
+    return distributed.get_world_size() if distributed.is_available() and distributed.is_initialized() else 1
+
+
+def _all_gather_with_gradient(tensor: torch.Tensor) -> torch.Tensor:
+    """`[B, ...]` on each of W processes -> `[W * B, ...]` on every process, in rank order. The gradient flows back
+    to each process's own rows (summed over the processes that used them), so with DDP's gradient averaging the
+    parameters get the gradient of a loss computed over the global batch."""
+    from torch.distributed._functional_collectives import all_gather_tensor_autograd, wait_tensor
+
+    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(_world_size())]
+    torch.distributed.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
+    if len({int(size) for size in sizes}) != 1:
+        raise ValueError(
+            f"gather_contrastive_features needs the same batch size on every process, got {[int(s) for s in sizes]} "
+            "(keep the accelerate/Trainer default even_batches=True)"
+        )
+    gathered = all_gather_tensor_autograd(tensor.contiguous(), gather_dim=0, group=torch.distributed.group.WORLD)
+    return wait_tensor(gathered)
+
+
 class SADCLLoss(nn.Module):
     """The SADCL objective `ASL + sscl_weight * SSCL + pscl_weight * PSCL` (paper: 100 and 50).
 
@@ -460,6 +482,9 @@ class SADCLLoss(nn.Module):
         pscl: the prototype-to-sample contrastive loss (defaults to `PrototypeToSampleContrastiveLoss()`).
         sscl_weight: weight of SSCL.
         pscl_weight: weight of PSCL.
+        gather_across_processes: in distributed training, compute SSCL and PSCL over the features of every process
+            (differentiable all-gather; every process must have the same batch size) instead of each process's own
+            batch, as the paper does. With DDP the gradients are those of the contrastive loss over the global batch.
     """
 
     def __init__(
@@ -469,8 +494,10 @@ class SADCLLoss(nn.Module):
         pscl: Optional[PrototypeToSampleContrastiveLoss] = None,
         sscl_weight: float = 100.0,
         pscl_weight: float = 50.0,
+        gather_across_processes: bool = False,
     ) -> None:
         super().__init__()
+        self.gather_across_processes = gather_across_processes
         self.asl = asl if asl is not None else AsymmetricLoss()
         self.sscl = sscl if sscl is not None else SampleToSampleContrastiveLoss()
         self.pscl = pscl if pscl is not None else PrototypeToSampleContrastiveLoss()
@@ -483,8 +510,9 @@ class SADCLLoss(nn.Module):
     @classmethod
     def from_config(cls, config: Any) -> "SADCLLoss":
         """Builds the objective from a config's `asl_gamma_neg, asl_gamma_pos, asl_clip, asl_eps, sscl_temperature,
-        sscl_base_temperature, sscl_mode, pscl_temperature, sscl_weight, pscl_weight` (missing ones take the
-        defaults of the released COCO run: 0, 0, 0.0, 1e-5, 0.2, 0.2, "reference", 0.07, 100.0, 50.0)."""
+        sscl_base_temperature, sscl_mode, pscl_temperature, sscl_weight, pscl_weight, gather_contrastive_features`
+        (missing ones take the defaults of the released COCO run: 0, 0, 0.0, 1e-5, 0.2, 0.2, "reference", 0.07, 100.0,
+        50.0, False)."""
 
         def get(name: str, default: Any) -> Any:
             return getattr(config, name, default)
@@ -504,6 +532,7 @@ class SADCLLoss(nn.Module):
             pscl=PrototypeToSampleContrastiveLoss(temperature=get("pscl_temperature", 0.07)),
             sscl_weight=get("sscl_weight", 100.0),
             pscl_weight=get("pscl_weight", 50.0),
+            gather_across_processes=get("gather_contrastive_features", False),
         )
 
     def forward(
@@ -537,6 +566,10 @@ class SADCLLoss(nn.Module):
                 "SADCLLoss: `projected_memory_bank` must have the shape of `projected_label_features` "
                 f"{list(projected_label_features.shape)}, got {list(projected_memory_bank.shape)}."
             )
+        if self.gather_across_processes and _world_size() > 1:
+            projected_label_features = _all_gather_with_gradient(projected_label_features)
+            projected_memory_bank = _all_gather_with_gradient(projected_memory_bank)
+            labels = _all_gather_with_gradient(labels.detach())
         sscl = self.sscl.forward_views([projected_label_features, projected_memory_bank], labels)
         pscl = self.pscl(projected_label_features, projected_prototypes, labels)
         loss = asl + self.sscl_weight * sscl + self.pscl_weight * pscl
