@@ -141,11 +141,12 @@ def test_bf16_autocast_on_cpu(tmp_path, data_options):
 def test_accelerate_launch_two_processes_stay_in_sync(tmp_path, data_options):
     """Two gloo ranks, contrastive features gathered across them, memory banks kept per rank."""
     accelerate = Path(sys.executable).with_name("accelerate")
+    overrides = {"memory_bank_threshold": 0.0, "gather_contrastive_features": True}
     command = [
         str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", str(ROOT / "scripts" / "train.py"),
         *_arguments(tmp_path, data_options, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "4",
-                    "--config_overrides", json.dumps({"memory_bank_threshold": 0.0, "gather_contrastive_features": True})),
+                    "--config_overrides", json.dumps(overrides)),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
