@@ -36,6 +36,7 @@ __all__ = [
     "STAGES",
     "build_model",
     "default_splits",
+    "eval_collator_for_config",
     "parse_arguments",
     "read_config_file",
     "run_training",
@@ -167,6 +168,12 @@ def _load_split(data_args: DataArguments, split: str, limit: int | None):
     return dataset
 
 
+def eval_collator_for_config(config: SADCLConfig) -> MultiLabelCollator:
+    """Evaluation batches for a model: resize to `image_size`, the backbone's normalisation, multi-hot labels."""
+    mean, std = backbone_normalization(config)
+    return MultiLabelCollator(config.num_labels, build_eval_transform(config.image_size, mean, std))
+
+
 def build_model(model_args: ModelArguments, names: list[str]) -> SADCLForImageClassification:
     """A new model from the preset (with the dataset's label names), or a saved one whose labels must match."""
     overrides = dict(model_args.config_overrides or {})
@@ -258,7 +265,7 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
             cutout=data_args.cutout,
         ),
     )
-    eval_collator = MultiLabelCollator(config.num_labels, build_eval_transform(config.image_size, mean, std))
+    eval_collator = eval_collator_for_config(config)
 
     if model_args.stage == "baseline":
         model.prototypes.requires_grad_(False)

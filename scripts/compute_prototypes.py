@@ -16,10 +16,9 @@ from pathlib import Path
 import torch
 
 from sadcl_hf import SADCLForImageClassification
-from sadcl_hf.data import MultiLabelCollator, build_eval_transform, label_names, load_multilabel_dataset
-from sadcl_hf.image_processing import backbone_normalization
+from sadcl_hf.data import label_names, load_multilabel_dataset
 from sadcl_hf.prototypes import compute_prototypes, save_prototypes
-from sadcl_hf.training import read_config_file, default_splits
+from sadcl_hf.training import default_splits, eval_collator_for_config, read_config_file
 
 
 def main() -> None:
@@ -47,8 +46,7 @@ def main() -> None:
     model = SADCLForImageClassification.from_pretrained(args.model)
     if model.config.label_names != label_names(dataset):
         raise SystemExit(f"{args.model}: the model's labels do not match the dataset's ({dataset_name}, {split})")
-    mean, std = backbone_normalization(model.config)
-    collator = MultiLabelCollator(model.config.num_labels, build_eval_transform(model.config.image_size, mean, std))
+    collator = eval_collator_for_config(model.config)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, collate_fn=collator, num_workers=args.num_workers
     )

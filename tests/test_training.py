@@ -188,3 +188,35 @@ def test_best_checkpoint_and_its_ema_are_exported(tmp_path, data_options):
     exported = load_file(tmp_path / "model" / "model.safetensors")
     for key, value in exported.items():
         torch.testing.assert_close(value, best_ema[key], rtol=0, atol=0, msg=key)
+
+
+def test_compute_prototypes_script(tmp_path, data_options):
+    from sadcl_hf.prototypes import load_prototypes
+
+    from .conftest import make_tiny_model
+
+    model = make_tiny_model(num_labels=10)
+    model.config.id2label = {i: str(i) for i in range(10)}
+    model.config.label2id = {str(i): i for i in range(10)}
+    model.save_pretrained(tmp_path / "stage1")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"dataset": "digits-mosaic", "dataset_options": data_options}))
+    output = tmp_path / "prototypes.safetensors"
+    command = [
+        sys.executable, str(ROOT / "scripts" / "compute_prototypes.py"), "--model", str(tmp_path / "stage1"),
+        "--config", str(config), "--output", str(output), "--threshold", "0.0", "--batch-size", "16",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    prototypes = load_prototypes(output, num_labels=10, hidden_dim=128)
+    assert "images per class" in result.stdout
+    # the same as the function on the same data: the mean label feature over each class's positive images
+    from sadcl_hf.data import load_multilabel_dataset
+    from sadcl_hf.prototypes import compute_prototypes
+    from sadcl_hf.training import eval_collator_for_config
+
+    train = load_multilabel_dataset("digits-mosaic", split="train", **data_options)
+    loader = torch.utils.data.DataLoader(train, batch_size=16, collate_fn=eval_collator_for_config(model.config))
+    expected, counts = compute_prototypes(model, loader, threshold=0.0, progress_bar=False)
+    assert counts.sum() > 0
+    torch.testing.assert_close(prototypes, expected, rtol=1e-5, atol=1e-5)
