@@ -254,6 +254,9 @@ class SADCLPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
     _no_split_modules = ["SADCLEncoderLayer", "SADCLDecoderLayer"]
     _keys_to_ignore_on_load_unexpected = [r"memory_bank"]
+    # The loss is a per-batch mean and `forward` ignores `num_items_in_batch`: transformers' Trainer must divide it by
+    # the gradient accumulation steps (its `**kwargs` would otherwise read as "the model normalises the loss itself").
+    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
