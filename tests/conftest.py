@@ -1,5 +1,30 @@
-"""Shared fixtures: tiny random-weight SADCL models (no downloads) and the shared reference folder."""
+"""Shared fixtures: tiny random-weight SADCL models (no downloads) and access to the official reference data.
 
+Official reference data
+-----------------------
+Small official fixtures live in the repository (`tests/fixtures/`, e.g. the loss vectors p01-p07) and are always
+tested. Large ones (the paper-scale loss vectors p08, the official tiny model, the Query2Label checkpoints) live in
+the workspace folder `../shared/reference/` beside the project root, which a plain clone does not have. A test that
+needs that folder uses exactly one of:
+
+* the `reference_dir` fixture, which returns its path::
+
+      def test_converter_parity(reference_dir):
+          checkpoint = reference_dir / "model" / "official_tiny_state_dict.fp16.safetensors"
+
+* the marker, for tests or single parameters that read it through `SHARED_REFERENCE_DIR`::
+
+      @pytest.mark.requires_shared_reference
+      def test_paper_scale(): ...
+
+      pytest.param("p08_paper_scale_bs32_nc80_d1024", marks=pytest.mark.requires_shared_reference)
+
+Both go through `require_shared_reference()`: without the folder the test is skipped with a reason naming the
+missing path. CI (`.ci/run`) sets `SADCL_REQUIRE_SHARED_REFERENCE=1` when the folder is present, which turns that
+skip into a failure, so every parity test runs there.
+"""
+
+import os
 from pathlib import Path
 
 import pytest
@@ -8,14 +33,38 @@ import torch
 import sadcl_hf  # noqa: F401  (registers the Auto classes)
 from sadcl_hf import SADCLConfig, SADCLForImageClassification
 
-REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
+SHARED_REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+REQUIRE_SHARED_REFERENCE_ENV = "SADCL_REQUIRE_SHARED_REFERENCE"
+
+
+def require_shared_reference() -> Path:
+    """`SHARED_REFERENCE_DIR` if it exists; otherwise skips the calling test (fails it when
+    `SADCL_REQUIRE_SHARED_REFERENCE=1`) with a reason naming the missing folder."""
+    if SHARED_REFERENCE_DIR.is_dir():
+        return SHARED_REFERENCE_DIR
+    reason = f"needs the official reference data folder {SHARED_REFERENCE_DIR} (../shared/reference), which is absent"
+    if os.environ.get(REQUIRE_SHARED_REFERENCE_ENV) == "1":
+        pytest.fail(f"{reason}, and {REQUIRE_SHARED_REFERENCE_ENV}=1 forbids skipping", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "requires_shared_reference: reads ../shared/reference (skipped without it; see tests/conftest.py)",
+    )
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("requires_shared_reference") is not None:
+        require_shared_reference()
 
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    if not REFERENCE_DIR.is_dir():
-        raise FileNotFoundError(f"shared reference data expected at {REFERENCE_DIR}")
-    return REFERENCE_DIR
+    """The official reference data folder `../shared/reference` (see the module docstring)."""
+    return require_shared_reference()
 
 
 def make_tiny_model(num_labels: int = 5, seed: int = 0, **overrides) -> SADCLForImageClassification:

@@ -15,6 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_official_che
 
 @pytest.fixture(scope="module")
 def official(reference_dir):
+    """The official tiny model (36 MB, in ../shared/reference only: tests using it skip without that folder)."""
     model_dir = reference_dir / "model"
     return {
         "checkpoint": model_dir / "official_tiny_state_dict.fp16.safetensors",
@@ -78,10 +79,13 @@ def test_script_converts_a_pth_with_module_prefix_and_label_file(official, tmp_p
     assert processor.size == {"height": 128, "width": 128}
 
 
-def test_wrong_label_count_and_foreign_checkpoints_are_rejected(official, tmp_path):
+def test_wrong_label_count_is_rejected(official):
     state_dict = load_file(official["checkpoint"])
     with pytest.raises(ValueError, match="3 names but the checkpoint has 5 classes"):
         convert_official_state_dict(state_dict, id2label={0: "a", 1: "b", 2: "c"})
+
+
+def test_foreign_and_missing_checkpoints_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="query_embed.weight"):
         convert_official_state_dict({"conv.weight": torch.zeros(1)})
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):

@@ -3,9 +3,7 @@ independent dense computation, edge cases, mixed precision and the cost of the c
 
 import functools
 import math
-import os
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -21,11 +19,11 @@ from sadcl_hf.losses import (
     SampleToSampleContrastiveLoss,
 )
 
+from .conftest import FIXTURES_DIR, SHARED_REFERENCE_DIR
 
-REFERENCE_DIR = Path(
-    os.environ.get("SADCL_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "reference")
-) / "losses"
-VECTOR_FILES = [
+
+# p01-p07 are copied into the repository (tests/fixtures/losses); p08 (24 MB) is read from ../shared/reference.
+SMALL_VECTOR_FILES = [
     "p01_random_bs4_nc20_d64",
     "p02_edges_bs6_nc8_d32",
     "p03_all_zero_labels_bs4_nc5_d16",
@@ -33,8 +31,18 @@ VECTOR_FILES = [
     "p05_all_ones_bs3_nc4_d16",
     "p06_memorybank_init_bs8_nc20_d64",
     "p07_fp16_bs4_nc20_d64",
-    "p08_paper_scale_bs32_nc80_d1024",
 ]
+PAPER_SCALE_VECTOR_FILE = "p08_paper_scale_bs32_nc80_d1024"
+LOSS_FIXTURES_DIR = FIXTURES_DIR / "losses"
+SHARED_LOSSES_DIR = SHARED_REFERENCE_DIR / "losses"
+
+
+def vector_files(exclude: tuple[str, ...] = ()) -> list:
+    """Parameters over every vector file; the paper-scale one is marked `requires_shared_reference`."""
+    small = [name for name in SMALL_VECTOR_FILES if not name.startswith(exclude)]
+    return small + [pytest.param(PAPER_SCALE_VECTOR_FILE, marks=pytest.mark.requires_shared_reference)]
+
+
 ASL_CONFIGS = {
     "paper": dict(gamma_neg=0, gamma_pos=0, clip=0.0, eps=1e-5),
     "cocosh": dict(gamma_neg=4, gamma_pos=0, clip=0.0, eps=1e-5),
@@ -44,8 +52,9 @@ ASL_CONFIGS = {
 
 @functools.lru_cache(maxsize=None)
 def load_vectors(name):
-    path = REFERENCE_DIR / f"{name}.safetensors"
-    assert path.is_file(), f"reference vectors not found: {path} (set SADCL_REFERENCE_DIR)"
+    directory = LOSS_FIXTURES_DIR if name in SMALL_VECTOR_FILES else SHARED_LOSSES_DIR
+    path = directory / f"{name}.safetensors"
+    assert path.is_file(), f"reference vectors not found: {path}"
     return load_file(str(path))
 
 
@@ -83,7 +92,7 @@ def leaf(tensor, dtype):
 
 
 @pytest.mark.parametrize("precision", ["f64", "f32"])
-@pytest.mark.parametrize("name", VECTOR_FILES)
+@pytest.mark.parametrize("name", vector_files())
 def test_sscl_reference_mode_matches_official(name, precision):
     vectors = load_vectors(name)
     prefix = reference_prefix(vectors, precision)
@@ -104,7 +113,7 @@ def test_sscl_reference_mode_matches_official(name, precision):
 
 
 @pytest.mark.parametrize("precision", ["f64", "f32"])
-@pytest.mark.parametrize("name", [name for name in VECTOR_FILES if not name.startswith("p03")])
+@pytest.mark.parametrize("name", vector_files(exclude=("p03",)))
 def test_pscl_matches_official(name, precision):
     vectors = load_vectors(name)
     prefix = reference_prefix(vectors, precision)
@@ -121,7 +130,7 @@ def test_pscl_matches_official(name, precision):
 
 @pytest.mark.parametrize("precision", ["f64", "f32"])
 @pytest.mark.parametrize("config", sorted(ASL_CONFIGS))
-@pytest.mark.parametrize("name", VECTOR_FILES)
+@pytest.mark.parametrize("name", vector_files())
 def test_asl_matches_official(name, config, precision):
     vectors = load_vectors(name)
     prefix = reference_prefix(vectors, precision)
@@ -131,6 +140,13 @@ def test_asl_matches_official(name, config, precision):
     loss.backward()
     assert_value_close(loss, vectors[f"{prefix}asl_{config}_loss"], precision, extra_atol=1e-4)
     assert_grad_close(logits.grad, vectors[f"{prefix}asl_{config}_grad_logits"], precision, asl=True)
+
+
+@pytest.mark.requires_shared_reference
+def test_fixture_copies_are_identical_to_the_shared_reference():
+    for name in SMALL_VECTOR_FILES:
+        copy = (LOSS_FIXTURES_DIR / f"{name}.safetensors").read_bytes()
+        assert copy == (SHARED_LOSSES_DIR / f"{name}.safetensors").read_bytes(), name
 
 
 def test_asl_focal_weight_without_gradient_by_default():
