@@ -31,16 +31,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .configuration_sadcl import SADCLConfig
 
 __all__ = [
     "AsymmetricLoss",
+    "CorrectedSampleToSampleContrastiveLoss",
     "PrototypeToSampleContrastiveLoss",
+    "ReferenceSampleToSampleContrastiveLoss",
     "SADCLLoss",
     "SADCLLossOutput",
     "SampleToSampleContrastiveLoss",
 ]
 
-SSCL_MODES = ("reference", "corrected")
+def _config_default(field: str) -> Any:
+    """The default of a `SADCLConfig` field: the config is the one home of the loss settings (the released COCO
+    run); the losses take them as explicit arguments."""
+    return SADCLConfig.__dataclass_fields__[field].default
 
 
 def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -84,10 +90,10 @@ class AsymmetricLoss(nn.Module):
 
     def __init__(
         self,
-        gamma_neg: float = 0,
-        gamma_pos: float = 0,
-        clip: float = 0.0,
-        eps: float = 1e-5,
+        gamma_neg: float = _config_default("asl_gamma_neg"),
+        gamma_pos: float = _config_default("asl_gamma_pos"),
+        clip: float = _config_default("asl_clip"),
+        eps: float = _config_default("asl_eps"),
         focal_weight_grad: bool = False,
     ) -> None:
         super().__init__()
@@ -161,18 +167,12 @@ class SampleToSampleContrastiveLoss(nn.Module):
         \mathcal{L}_i = -\frac{\tau}{\tau_b} \frac{1}{|P(i)|} \sum_{p \in P(i)}
             \Big(s_{ip} - \log \sum_{a \in A(i)} e^{s_{ia}}\Big).
 
-    Two modes:
+    `SampleToSampleContrastiveLoss(mode=...)` builds one of two losses that share this class's gathering of the
+    positive features:
 
-    * ``"reference"`` reproduces the released ``MultiSupConLoss`` value and gradient: its label mask is flattened
-      sample-major while the anchors are ordered view-major, so anchor ``(v, b, c)`` only counts when
-      ``labels[(v * batch_size + b) // num_views, c] == 1`` too; the sum is still divided by
-      ``num_views * labels.sum()``. The numerator subtracts the detached maximum over classes of the masked
-      similarities of the same pair of rows, the denominator the detached row maximum (both including the zeros of
-      masked entries), and the denominator carries ``+ 1e-5`` inside the logarithm. This is what produced the
-      paper's numbers.
-    * ``"corrected"`` is the equation above exactly: every positive feature is an anchor, exact log-sum-exp, no
-      ``eps``, no offsets; the loss is the mean over the anchors with a non-empty :math:`P(i)` (all of them when
-      ``num_views >= 2``).
+    * ``"reference"`` -> :class:`ReferenceSampleToSampleContrastiveLoss`, the released ``MultiSupConLoss`` (what
+      produced the paper's numbers);
+    * ``"corrected"`` -> :class:`CorrectedSampleToSampleContrastiveLoss`, the equation above exactly.
 
     Only the positive features are gathered, so time and memory grow with the number of positive labels ``n`` as
     ``O((num_views * n) ** 2 * dim)`` instead of ``O((batch_size * num_views * num_labels) ** 2)``.
@@ -180,15 +180,28 @@ class SampleToSampleContrastiveLoss(nn.Module):
     Args:
         temperature: :math:`\tau`.
         base_temperature: :math:`\tau_b`.
-        mode: ``"reference"`` or ``"corrected"``.
+        mode: ``"reference"`` or ``"corrected"``; a subclass accepts only its own.
     """
 
-    reference_eps = 1e-5
+    mode: str = ""
 
-    def __init__(self, temperature: float = 0.2, base_temperature: float = 0.2, mode: str = "reference") -> None:
+    def __new__(cls, *args: Any, **kwargs: Any) -> "SampleToSampleContrastiveLoss":
+        if cls is SampleToSampleContrastiveLoss:
+            mode = kwargs.get("mode", args[2] if len(args) > 2 else _config_default("sscl_mode"))
+            if mode not in _SSCL_CLASSES:
+                raise ValueError(f"SampleToSampleContrastiveLoss: `mode` must be one of {SSCL_MODES}, got {mode!r}.")
+            cls = _SSCL_CLASSES[mode]
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        temperature: float = _config_default("sscl_temperature"),
+        base_temperature: float = _config_default("sscl_base_temperature"),
+        mode: str | None = None,
+    ) -> None:
         super().__init__()
-        if mode not in SSCL_MODES:
-            raise ValueError(f"SampleToSampleContrastiveLoss: `mode` must be one of {SSCL_MODES}, got {mode!r}.")
+        if mode is not None and mode != self.mode:
+            raise ValueError(f"{type(self).__name__}: `mode` must be {self.mode!r}, got {mode!r}.")
         if temperature <= 0 or base_temperature <= 0:
             raise ValueError(
                 "SampleToSampleContrastiveLoss: `temperature` and `base_temperature` must be > 0, "
@@ -196,7 +209,6 @@ class SampleToSampleContrastiveLoss(nn.Module):
             )
         self.temperature = temperature
         self.base_temperature = base_temperature
-        self.mode = mode
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, base_temperature={self.base_temperature}, mode={self.mode!r}"
@@ -252,73 +264,90 @@ class SampleToSampleContrastiveLoss(nn.Module):
         num_views: int,
     ) -> torch.Tensor:
         """`embeddings`: `[num_views * n, dim]` positive features, view-major; `sample_index`, `class_index`: `[n]`."""
-        batch_size, num_labels = positive.shape
         num_positive = sample_index.numel()
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             embeddings = embeddings.to(_compute_dtype(embeddings))
             if num_positive == 0:
                 return embeddings.sum()  # 0, with a zero gradient, as in the release
-            embeddings = F.normalize(embeddings, dim=-1)
-            view_index = torch.arange(num_views, device=embeddings.device).repeat_interleave(num_positive)
-            sample_index = sample_index.repeat(num_views)
-            class_index = class_index.repeat(num_views)
-            if self.mode == "reference":
-                return self._reference_loss(
-                    embeddings, positive, view_index, sample_index, class_index, batch_size, num_views, num_labels
-                )
-            return self._corrected_loss(embeddings, class_index)
+            rows = _PositiveRows(
+                embeddings=F.normalize(embeddings, dim=-1),
+                view_index=torch.arange(num_views, device=embeddings.device).repeat_interleave(num_positive),
+                sample_index=sample_index.repeat(num_views),
+                class_index=class_index.repeat(num_views),
+                positive=positive,
+                num_views=num_views,
+            )
+            return self.contrast(rows)
 
-    def _corrected_loss(self, embeddings: torch.Tensor, class_index: torch.Tensor) -> torch.Tensor:
-        num_rows = embeddings.shape[0]
-        self_mask = torch.eye(num_rows, dtype=torch.bool, device=embeddings.device)
-        same_class = (class_index[:, None] == class_index[None, :]) & ~self_mask
+    def contrast(self, rows: "_PositiveRows") -> torch.Tensor:
+        """The loss over the gathered, L2-normalised positive rows."""
+        raise NotImplementedError
+
+
+@dataclass
+class _PositiveRows:
+    """The positive label-level features of a batch, view-major: `embeddings` `[N, dim]` (L2-normalised, N =
+    num_views * n) with each row's `view_index`, `sample_index` and `class_index` `[N]`; `positive` is the
+    `[batch_size, num_labels]` label mask."""
+
+    embeddings: torch.Tensor
+    view_index: torch.Tensor
+    sample_index: torch.Tensor
+    class_index: torch.Tensor
+    positive: torch.Tensor
+    num_views: int
+
+    def same_class_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(`self_mask`, `same_class`) `[N, N]`: the diagonal, and pairs of distinct rows of one class."""
+        num_rows = self.embeddings.shape[0]
+        self_mask = torch.eye(num_rows, dtype=torch.bool, device=self.embeddings.device)
+        same_class = (self.class_index[:, None] == self.class_index[None, :]) & ~self_mask
+        return self_mask, same_class
+
+
+class CorrectedSampleToSampleContrastiveLoss(SampleToSampleContrastiveLoss):
+    """SSCL as the paper's equation: every positive feature is an anchor, exact log-sum-exp, no `eps`, no offsets;
+    the mean over the anchors with a non-empty :math:`P(i)` (all of them when `num_views >= 2`)."""
+
+    mode = "corrected"
+
+    def contrast(self, rows: _PositiveRows) -> torch.Tensor:
+        self_mask, same_class = rows.same_class_pairs()
         num_positive_pairs = same_class.sum(1)
         anchors = num_positive_pairs > 0
         # Only rows with a non-empty P(i) are anchors; their A(i) is then non-empty too.
-        similarity = embeddings[anchors] @ embeddings.T / self.temperature  # [A, N]
+        similarity = rows.embeddings[anchors] @ rows.embeddings.T / self.temperature  # [A, N]
         same_class = same_class[anchors]
         log_denominator = torch.logsumexp(similarity.masked_fill(self_mask[anchors], float("-inf")), dim=1)
         mean_positive = (similarity * same_class).sum(1) / num_positive_pairs[anchors]
         anchor_losses = -(self.temperature / self.base_temperature) * (mean_positive - log_denominator)
         return anchor_losses.sum() / anchors.sum().clamp(min=1)
 
-    def _reference_loss(
-        self,
-        embeddings: torch.Tensor,
-        positive: torch.Tensor,
-        view_index: torch.Tensor,
-        sample_index: torch.Tensor,
-        class_index: torch.Tensor,
-        batch_size: int,
-        num_views: int,
-        num_labels: int,
-    ) -> torch.Tensor:
-        device = embeddings.device
-        num_rows = embeddings.shape[0]
-        # The release's label mask: anchor (v, b, c) needs labels[(v * batch_size + b) // num_views, c] too.
-        row_index = view_index * batch_size + sample_index  # row of the [V * bs, nc, dim] contrast tensor
-        anchors = positive[row_index // num_views, class_index]
 
-        similarity = embeddings @ embeddings.T / self.temperature  # [N, N], all positive rows
-        self_mask = torch.eye(num_rows, dtype=torch.bool, device=device)
-        same_class = (class_index[:, None] == class_index[None, :]) & ~self_mask
+class ReferenceSampleToSampleContrastiveLoss(SampleToSampleContrastiveLoss):
+    """SSCL as the released `MultiSupConLoss` computes it (value and gradient).
 
+    Its label mask is flattened sample-major while the anchors are ordered view-major, so anchor ``(v, b, c)`` only
+    counts when ``labels[(v * batch_size + b) // num_views, c] == 1`` too; the sum is still divided by
+    ``num_views * labels.sum()``. The numerator subtracts the detached maximum over classes of the masked
+    similarities of the same pair of rows, the denominator the detached row maximum (both including the zeros of
+    masked entries), and the denominator carries ``+ 1e-5`` inside the logarithm.
+    """
+
+    mode = "reference"
+    reference_eps = 1e-5
+
+    def contrast(self, rows: _PositiveRows) -> torch.Tensor:
+        batch_size = rows.positive.shape[0]
+        # Row of the release's [V * bs, nc, dim] contrast tensor; anchor (v, b, c) needs labels[row // V, c] too.
+        contrast_row = rows.view_index * batch_size + rows.sample_index
+        anchors = rows.positive[contrast_row // rows.num_views, rows.class_index]
+        similarity = rows.embeddings @ rows.embeddings.T / self.temperature  # [N, N], all positive rows
+        self_mask, same_class = rows.same_class_pairs()
         with torch.no_grad():
-            detached = similarity.detach()
             # Denominator offset: row max over the masked similarities (masked entries, e.g. the diagonal, are 0).
-            denominator_offset = detached.masked_fill(self_mask, 0.0).amax(1).clamp(min=0.0)
-            # Numerator offset for a pair of contrast rows (r, r'): max over classes of the masked intra-class
-            # similarity, i.e. over their common positive classes, plus a 0 when some class is not common.
-            num_contrast_rows = num_views * batch_size
-            pair_key = row_index[:, None] * num_contrast_rows + row_index[None, :]
-            pair_max = detached.new_full((num_contrast_rows * num_contrast_rows,), float("-inf"))
-            pair_max.scatter_reduce_(0, pair_key[same_class], detached[same_class], reduce="amax")
-            positive_float = positive.to(detached.dtype)
-            common_classes = positive_float @ positive_float.T  # [bs, bs]
-            has_masked_class = common_classes[sample_index[:, None], sample_index[None, :]] < num_labels
-            numerator_offset = pair_max[pair_key]
-            numerator_offset = torch.where(has_masked_class, numerator_offset.clamp(min=0.0), numerator_offset)
-            numerator_offset = numerator_offset.masked_fill(~same_class, 0.0)
+            denominator_offset = similarity.detach().masked_fill(self_mask, 0.0).amax(1).clamp(min=0.0)
+            numerator_offset = self._numerator_offset(rows, similarity.detach(), same_class, contrast_row)
 
         similarity = similarity[anchors]
         same_class = same_class[anchors]
@@ -329,7 +358,32 @@ class SampleToSampleContrastiveLoss(nn.Module):
         numerator = ((similarity - numerator_offset[anchors]) * same_class).sum(1)
         mean_log_prob = (numerator - num_positive_pairs * log_denominator) / num_positive_pairs.clamp(min=1)
         anchor_losses = -(self.temperature / self.base_temperature) * mean_log_prob
-        return anchor_losses.sum() / max(num_rows, 1)
+        return anchor_losses.sum() / max(rows.embeddings.shape[0], 1)
+
+    @staticmethod
+    def _numerator_offset(
+        rows: _PositiveRows, similarity: torch.Tensor, same_class: torch.Tensor, contrast_row: torch.Tensor
+    ) -> torch.Tensor:
+        """`[N, N]` offset of pair (i, j): the max over classes of the masked intra-class similarity of their two
+        contrast rows, i.e. over their common positive classes, plus a 0 when some class is not common."""
+        batch_size, num_labels = rows.positive.shape
+        num_contrast_rows = rows.num_views * batch_size
+        pair_key = contrast_row[:, None] * num_contrast_rows + contrast_row[None, :]
+        pair_max = similarity.new_full((num_contrast_rows * num_contrast_rows,), float("-inf"))
+        pair_max.scatter_reduce_(0, pair_key[same_class], similarity[same_class], reduce="amax")
+        positive_float = rows.positive.to(similarity.dtype)
+        common_classes = positive_float @ positive_float.T  # [bs, bs]
+        has_masked_class = common_classes[rows.sample_index[:, None], rows.sample_index[None, :]] < num_labels
+        offset = pair_max[pair_key]
+        offset = torch.where(has_masked_class, offset.clamp(min=0.0), offset)
+        return offset.masked_fill(~same_class, 0.0)
+
+
+_SSCL_CLASSES = {
+    "reference": ReferenceSampleToSampleContrastiveLoss,
+    "corrected": CorrectedSampleToSampleContrastiveLoss,
+}
+SSCL_MODES = tuple(_SSCL_CLASSES)
 
 
 class _PrototypeCosineSimilarity(torch.autograd.Function):
@@ -382,7 +436,7 @@ class PrototypeToSampleContrastiveLoss(nn.Module):
         temperature: :math:`\tau`.
     """
 
-    def __init__(self, temperature: float = 0.07) -> None:
+    def __init__(self, temperature: float = _config_default("pscl_temperature")) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"PrototypeToSampleContrastiveLoss: `temperature` must be > 0, got {temperature}.")
@@ -492,9 +546,9 @@ class SADCLLoss(nn.Module):
         asl: Optional[AsymmetricLoss] = None,
         sscl: Optional[SampleToSampleContrastiveLoss] = None,
         pscl: Optional[PrototypeToSampleContrastiveLoss] = None,
-        sscl_weight: float = 100.0,
-        pscl_weight: float = 50.0,
-        gather_across_processes: bool = False,
+        sscl_weight: float = _config_default("sscl_weight"),
+        pscl_weight: float = _config_default("pscl_weight"),
+        gather_across_processes: bool = _config_default("gather_contrastive_features"),
     ) -> None:
         super().__init__()
         self.gather_across_processes = gather_across_processes
@@ -509,30 +563,25 @@ class SADCLLoss(nn.Module):
 
     @classmethod
     def from_config(cls, config: Any) -> "SADCLLoss":
-        """Builds the objective from a config's `asl_gamma_neg, asl_gamma_pos, asl_clip, asl_eps, sscl_temperature,
-        sscl_base_temperature, sscl_mode, pscl_temperature, sscl_weight, pscl_weight, gather_contrastive_features`
-        (missing ones take the defaults of the released COCO run: 0, 0, 0.0, 1e-5, 0.2, 0.2, "reference", 0.07, 100.0,
-        50.0, False)."""
+        """Builds the objective from a `SADCLConfig`'s loss fields (`asl_*`, `sscl_*`, `pscl_*`,
+        `gather_contrastive_features`); a field the object lacks takes `SADCLConfig`'s default."""
 
-        def get(name: str, default: Any) -> Any:
-            return getattr(config, name, default)
+        def get(field: str) -> Any:
+            return getattr(config, field, _config_default(field))
 
         return cls(
             asl=AsymmetricLoss(
-                gamma_neg=get("asl_gamma_neg", 0),
-                gamma_pos=get("asl_gamma_pos", 0),
-                clip=get("asl_clip", 0.0),
-                eps=get("asl_eps", 1e-5),
+                gamma_neg=get("asl_gamma_neg"), gamma_pos=get("asl_gamma_pos"), clip=get("asl_clip"), eps=get("asl_eps")
             ),
             sscl=SampleToSampleContrastiveLoss(
-                temperature=get("sscl_temperature", 0.2),
-                base_temperature=get("sscl_base_temperature", 0.2),
-                mode=get("sscl_mode", "reference"),
+                temperature=get("sscl_temperature"),
+                base_temperature=get("sscl_base_temperature"),
+                mode=get("sscl_mode"),
             ),
-            pscl=PrototypeToSampleContrastiveLoss(temperature=get("pscl_temperature", 0.07)),
-            sscl_weight=get("sscl_weight", 100.0),
-            pscl_weight=get("pscl_weight", 50.0),
-            gather_across_processes=get("gather_contrastive_features", False),
+            pscl=PrototypeToSampleContrastiveLoss(temperature=get("pscl_temperature")),
+            sscl_weight=get("sscl_weight"),
+            pscl_weight=get("pscl_weight"),
+            gather_across_processes=get("gather_contrastive_features"),
         )
 
     def forward(
