@@ -18,21 +18,17 @@ from typing import Any
 import timm
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .data.loading import dataset_info
 from .pipeline import MULTI_LABEL_TASK, check_label_names
 
-__all__ = ["DATASET_DISPLAY_NAMES", "MODEL_CARD_TEMPLATE_PATH", "create_model_card", "save_model_card"]
+__all__ = [
+    "MODEL_CARD_TEMPLATE_PATH",
+    "add_onnx_results_to_model_card",
+    "create_model_card",
+    "save_model_card",
+]
 
 MODEL_CARD_TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "model_card.md"
-
-DATASET_DISPLAY_NAMES = {
-    "coco2014": "MS-COCO 2014",
-    "coco2017": "MS-COCO 2017",
-    "voc2007": "PASCAL VOC 2007",
-    "voc2012": "PASCAL VOC 2012",
-    "nuswide": "NUS-WIDE",
-    "vg500": "Visual Genome 500 (VG-500)",
-    "digits-mosaic": "digits-mosaic (synthetic mosaics of scikit-learn's handwritten digits)",
-}
 
 _METRIC_TITLES = {"map": "mAP", "cp": "CP", "cr": "CR", "cf1": "CF1", "op": "OP", "or": "OR", "of1": "OF1"}
 _METRIC_PREFIXES = ("eval_", "test_", "validation_", "val_")
@@ -61,6 +57,14 @@ _SSCL_MODES = {
     "reference": "as in the released code, which produced the paper's numbers",
     "corrected": "as the paper's equation states",
 }
+
+
+def _dataset_display_name(dataset_name: str) -> str:
+    """The dataset registry's display name; other names (a Hub dataset id) as they are."""
+    try:
+        return dataset_info(dataset_name).display_name
+    except ValueError:
+        return dataset_name
 
 
 def _metric_title(key: str) -> str | None:
@@ -165,7 +169,7 @@ def create_model_card(
         raise ValueError("metrics were given without dataset_name; the model-index needs the evaluation dataset")
     model_id = model_id or _default_model_id(config, dataset_name)
     dataset_id = dataset_id or dataset_name
-    dataset_display = DATASET_DISPLAY_NAMES.get(dataset_name, dataset_name) if dataset_name else None
+    dataset_display = _dataset_display_name(dataset_name) if dataset_name else None
 
     pretrained_cfg = timm.get_pretrained_cfg(config.backbone)
     backbone_hub_id = getattr(pretrained_cfg, "hf_hub_id", None) if pretrained_cfg is not None else None
@@ -251,4 +255,31 @@ def save_model_card(model, output_dir: str | os.PathLike, **kwargs) -> Path:
     path = Path(output_dir) / "README.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     create_model_card(model, **kwargs).save(path)
+    return path
+
+
+_ONNX_SECTION = re.compile(r"\n*<!-- onnx-runtime -->.*?<!-- /onnx-runtime -->\n?", re.DOTALL)
+
+
+def add_onnx_results_to_model_card(
+    path: str | os.PathLike, *, dataset: str, calibration_split: str, eval_split: str, fp32_map: float, int8_map: float
+) -> Path:
+    """Adds (or replaces) the card's "ONNX Runtime" section: the files in `onnx/`, how to serve them and the mAP of
+    the float and static-int8 graphs on `eval_split` (written by `scripts/export_onnx.py --quantize int8`)."""
+    path = Path(path)
+    display = _dataset_display_name(dataset)
+    section = (
+        "<!-- onnx-runtime -->\n## ONNX Runtime\n\n"
+        "`onnx/model.onnx` (float32) and `onnx/model_quantized.onnx` (static int8, QDQ, calibrated on the "
+        f"`{calibration_split}` split of {display}) serve the model with ONNX Runtime:\n\n"
+        "```python\n"
+        'tagger = pipeline("multi-label-image-classification", model="<this repository>", backend="onnx-int8")\n'
+        "```\n\n"
+        f"| {display}, `{eval_split}` split | mAP (%) |\n|---|---|\n"
+        f"| float32 (`onnx/model.onnx`) | {fp32_map:.2f} |\n"
+        f"| int8 (`onnx/model_quantized.onnx`) | {int8_map:.2f} ({int8_map - fp32_map:+.2f} points) |\n"
+        "<!-- /onnx-runtime -->\n"
+    )
+    text = _ONNX_SECTION.sub("\n", path.read_text(encoding="utf-8")).rstrip("\n")
+    path.write_text(f"{text}\n\n{section}", encoding="utf-8")
     return path

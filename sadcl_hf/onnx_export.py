@@ -1,9 +1,14 @@
-"""ONNX export of SADCL classifiers: pixel_values [B, 3, S, S] -> logits [B, K], with a dynamic batch axis.
+"""ONNX export of SADCL classifiers: pixel_values [B, 3, S, S] -> logits [B, K], with a dynamic batch axis, and
+static int8 quantization calibrated on real images.
 
 Uses PyTorch's TorchScript-based exporter (`torch.onnx.export(..., dynamo=False)`): the torch.export-based exporter
 needs `onnxscript`, which sadcl-hf does not depend on. Needs the `[onnx]` extra (`onnx`, `onnxruntime`) for the
 metadata and [`verify_onnx`]. The label names, thresholds and normalisation are stored as ONNX metadata
 (`metadata_props`: `id2label`, `thresholds`, `image_size`, `image_mean`, `image_std`; JSON values).
+
+Files live beside the model, as optimum lays them out, so a pushed model folder carries them:
+`onnx/model.onnx` (float32, [`ONNX_FILE_NAME`]) and `onnx/model_quantized.onnx` (static int8, QDQ,
+[`ONNX_INT8_FILE_NAME`]). [`sadcl_hf.onnx_runtime.SADCLOnnxModel`] serves either.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +27,21 @@ from torch import nn
 
 from .image_processing import backbone_normalization
 
-__all__ = ["export_onnx", "verify_onnx"]
+__all__ = [
+    "ONNX_FILE_NAME",
+    "ONNX_INT8_FILE_NAME",
+    "compare_onnx_models",
+    "count_quantized_convolutions",
+    "evaluation_batches",
+    "export_onnx",
+    "onnx_logits",
+    "onnx_session",
+    "quantize_onnx_int8",
+    "verify_onnx",
+]
+
+ONNX_FILE_NAME = "onnx/model.onnx"
+ONNX_INT8_FILE_NAME = "onnx/model_quantized.onnx"
 
 
 class _LogitsOnly(nn.Module):
@@ -104,8 +125,7 @@ def verify_onnx(model, path: str | os.PathLike, batch_size: int = 3, atol: float
 
     Returns the largest absolute logit difference; raises `AssertionError` when it exceeds `atol`.
     """
-    onnxruntime = _require("onnxruntime")
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     shape = session.get_inputs()[0].shape
     image_size = int(shape[-1])
     pixel_values = torch.randn(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
@@ -122,3 +142,137 @@ def verify_onnx(model, path: str | os.PathLike, batch_size: int = 3, atol: float
     if not difference <= atol:
         raise AssertionError(f"ONNX logits differ from PyTorch by {difference:.3g} (> {atol:g}) for {path}")
     return difference
+
+
+def onnx_session(path: str | os.PathLike, num_threads: int | None = None, providers: list[str] | None = None):
+    """An onnxruntime `InferenceSession` for `path` (default: CPU provider, onnxruntime's thread count)."""
+    onnxruntime = _require("onnxruntime")
+    options = onnxruntime.SessionOptions()
+    if num_threads:
+        options.intra_op_num_threads = num_threads
+    return onnxruntime.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+
+def onnx_logits(path: str | os.PathLike, batches: Iterable[np.ndarray], num_threads: int | None = None) -> np.ndarray:
+    """Logits [N, K] of an ONNX classifier (CPU) over `batches` of pixel_values [B, 3, S, S] float32."""
+    session = onnx_session(path, num_threads)
+    outputs = [session.run(["logits"], {"pixel_values": np.ascontiguousarray(batch, np.float32)})[0] for batch in batches]
+    return np.concatenate(outputs)
+
+
+def quantize_onnx_int8(
+    path: str | os.PathLike,
+    output: str | os.PathLike,
+    calibration_batches: Iterable[np.ndarray],
+    per_channel: bool = True,
+) -> Path:
+    """Static int8 quantization of an exported model with onnxruntime (`quantize_static`, QDQ format).
+
+    Activations are uint8 with ranges calibrated (min-max) on `calibration_batches` (pixel_values [B, 3, S, S]
+    float32 from real images, e.g. a validation split); weights are int8, per output channel when `per_channel`.
+    Every Conv, MatMul and Gemm of the backbone and the transformer runs in int8 (QuantizeLinear/DequantizeLinear
+    pairs around them, fused by onnxruntime into integer kernels); the model is first pre-processed
+    (`quant_pre_process`: shape inference and graph optimisation, which folds the BatchNorms into the Convs). The
+    metadata of `path` (labels, thresholds, normalisation) is copied.
+
+    Returns:
+        The path written.
+    """
+    onnx = _require("onnx")
+    _require("onnxruntime")
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class PixelValuesReader(CalibrationDataReader):
+        def __init__(self, batches: Iterable[np.ndarray]):
+            self.batches = iter(batches)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"pixel_values": np.ascontiguousarray(batch, np.float32)}
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(output),
+            PixelValuesReader(calibration_batches),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+    quantized = onnx.load(str(output))
+    del quantized.metadata_props[:]
+    quantized.metadata_props.extend(onnx.load(str(path), load_external_data=False).metadata_props)
+    onnx.save(quantized, str(output))
+    return output
+
+
+def count_quantized_convolutions(path: str | os.PathLike) -> tuple[int, int]:
+    """(Convs whose input and weight both come from a DequantizeLinear, all Convs) of an ONNX graph."""
+    onnx = _require("onnx")
+    graph = onnx.load(str(path)).graph
+    producers = {output: node.op_type for node in graph.node for output in node.output}
+    convolutions = [node for node in graph.node if node.op_type == "Conv"]
+    quantized = [
+        node for node in convolutions if all(producers.get(name) == "DequantizeLinear" for name in node.input[:2])
+    ]
+    return len(quantized), len(convolutions)
+
+
+def evaluation_batches(
+    config,
+    dataset: str,
+    split: str,
+    root: str | os.PathLike | None = None,
+    max_samples: int | None = None,
+    batch_size: int = 64,
+    **options,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """A dataset split preprocessed for `config` as in evaluation: pixel_values batches [B, 3, S, S] float32 and the
+    multi-hot targets [N, K]. `dataset`, `root` and `options` go to [`sadcl_hf.data.load_multilabel_dataset`]; the
+    split's class names must be the model's."""
+    from .data import label_names, load_multilabel_dataset
+    from .training import eval_collator_for_config
+
+    data = load_multilabel_dataset(dataset, root=root, split=split, **options)
+    if label_names(data) != config.label_names:
+        raise ValueError(
+            f"{dataset} ({split}): its classes {label_names(data)[:5]}... are not the model's {config.label_names[:5]}..."
+        )
+    if max_samples is not None:
+        data = data.select(range(min(max_samples, len(data))))
+    collate = eval_collator_for_config(config)
+    batches, targets = [], []
+    for start in range(0, len(data), batch_size):
+        batch = collate([data[index] for index in range(start, min(start + batch_size, len(data)))])
+        batches.append(batch["pixel_values"].numpy())
+        targets.append(batch["labels"].numpy())
+    return batches, np.concatenate(targets)
+
+
+def compare_onnx_models(
+    reference: str | os.PathLike, candidate: str | os.PathLike, batches: list[np.ndarray], targets: np.ndarray,
+    thresholds: np.ndarray | float = 0.5,
+) -> dict[str, float]:
+    """mAP (percent) of two ONNX classifiers on the same data, the change (`map_change`, candidate - reference,
+    points), the largest probability difference and the share of (image, class) tag decisions they agree on at
+    `thresholds` ([K] or one number)."""
+    from .evaluation import mean_average_precision
+
+    logits = [onnx_logits(path, batches) for path in (reference, candidate)]
+    probabilities = [1.0 / (1.0 + np.exp(-value.astype(np.float64))) for value in logits]
+    reference_map, candidate_map = (mean_average_precision(value, targets) for value in probabilities)
+    tags = [value >= thresholds for value in probabilities]
+    return {
+        "reference_map": reference_map,
+        "candidate_map": candidate_map,
+        "map_change": candidate_map - reference_map,
+        "max_probability_difference": float(np.abs(probabilities[1] - probabilities[0]).max()),
+        "tag_agreement": float((tags[0] == tags[1]).mean()),
+    }

@@ -148,11 +148,36 @@ class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
             `num_labels`); default `model.config.thresholds`, else 0.5.
         top_k (`int`, *optional*): return at most this many labels per image (the highest scores).
         timeout (`float`, *optional*): seconds to wait for an image URL.
+
+    Constructor argument:
+        backend (`str`, *optional*): `"pytorch"` (default); `"onnx"` or `"onnx-int8"` serve the model folder's
+            `onnx/model.onnx` or `onnx/model_quantized.onnx` with ONNX Runtime instead (see
+            [`sadcl_hf.onnx_runtime.SADCLOnnxModel`]; `scripts/export_onnx.py` writes them).
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, backend: str = "pytorch", **kwargs):
+        if backend != "pytorch":
+            from .onnx_runtime import ONNX_BACKENDS, SADCLOnnxModel
+
+            if backend not in ONNX_BACKENDS:
+                raise ValueError(f"backend must be 'pytorch' or one of {sorted(ONNX_BACKENDS)}, got {backend!r}")
+            model = kwargs["model"] if "model" in kwargs else args[0]
+            if not isinstance(model, SADCLOnnxModel):
+                model = SADCLOnnxModel.from_pretrained(model.name_or_path, file_name=ONNX_BACKENDS[backend])
+            if kwargs.get("device") is None:
+                kwargs["device"] = "cpu"  # onnxruntime takes and returns host arrays whatever its provider
+            if "model" in kwargs:
+                kwargs["model"] = model
+            else:
+                args = (model, *args[1:])
         super().__init__(*args, **kwargs)
         self.label_names = check_label_names(self.model.config)
+
+    def check_model_type(self, supported_models):
+        from .onnx_runtime import SADCLOnnxModel
+
+        if not isinstance(self.model, SADCLOnnxModel):
+            super().check_model_type(supported_models)
 
     def _sanitize_parameters(self, threshold=None, top_k=None, timeout=None):
         preprocess_params = {}

@@ -3,13 +3,16 @@
 
     python scripts/predict.py --model DIR_OR_REPO IMAGES_OR_FOLDERS... [--output preds.jsonl]
         [--threshold T | --thresholds FILE.json] [--batch-size N] [--device cpu] [--format jsonl|csv]
-        [--attention-maps OUT_DIR] [--attention-top-k 4]
+        [--attention-maps OUT_DIR] [--attention-top-k 4] [--backend pytorch|onnx|onnx-int8]
 
 Folders are searched recursively for image files (.jpg .jpeg .png .bmp .gif .tif .tiff .webp .ppm .pgm);
 http(s) URLs are downloaded. Each JSON line is `{"image": path, "labels": [...], "scores": {label: score}}`:
 `labels` holds the labels whose probability reaches its threshold (highest first) and `scores` every label's
 probability. Thresholds: --threshold (one for all classes), else --thresholds (a JSON list, or {label: threshold}),
 else the per-class thresholds calibrated into the model config, else 0.5.
+
+`--backend onnx` (or `onnx-int8`) tags with ONNX Runtime on the CPU, from the model's `onnx/model.onnx` (or
+`onnx/model_quantized.onnx`) that `scripts/export_onnx.py` writes; the PyTorch weights are not loaded.
 
 An unreadable image (corrupt, truncated, not an image, too large) is reported on stderr and written as
 `{"image": path, "error": "..."}`; the run goes on. Exit status: 0, or 1 when no image could be read.
@@ -33,6 +36,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from sadcl_hf import MultiLabelImageClassificationPipeline, load_thresholds
 from sadcl_hf.attention_maps import save_attention_maps
 from sadcl_hf.data import ImageLoadError
+from sadcl_hf.onnx_runtime import ONNX_BACKENDS, SADCLOnnxModel
 from sadcl_hf.pipeline import load_pipeline_image
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -53,8 +57,13 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     return expanded
 
 
-def load_tagger(model_name: str, device: str, revision: str | None) -> MultiLabelImageClassificationPipeline:
-    model = AutoModelForImageClassification.from_pretrained(model_name, revision=revision)
+def load_tagger(
+    model_name: str, device: str, revision: str | None, backend: str = "pytorch"
+) -> MultiLabelImageClassificationPipeline:
+    if backend == "pytorch":
+        model = AutoModelForImageClassification.from_pretrained(model_name, revision=revision)
+    else:
+        model = SADCLOnnxModel.from_pretrained(model_name, file_name=ONNX_BACKENDS[backend], revision=revision)
     try:
         image_processor = AutoImageProcessor.from_pretrained(model_name, revision=revision)
     except OSError:
@@ -109,17 +118,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention-maps", default=None, metavar="OUT_DIR", help="also save attention-map PNGs")
     parser.add_argument("--attention-top-k", type=int, default=4, help="labels shown per attention-map figure")
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    parser.add_argument(
+        "--backend", choices=("pytorch", *ONNX_BACKENDS), default="pytorch",
+        help="pytorch, or ONNX Runtime on the CPU with the model's onnx/model.onnx (onnx-int8: model_quantized.onnx)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.backend != "pytorch":
+        if args.attention_maps:
+            parser.error("--attention-maps needs --backend pytorch (the ONNX graph returns only the logits)")
+        if args.device not in (None, "cpu"):
+            parser.error(f"--backend {args.backend} runs on the CPU; drop --device {args.device}")
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
     output_format = args.format or ("csv" if args.output.lower().endswith(".csv") else "jsonl")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or ("cuda" if torch.cuda.is_available() and args.backend == "pytorch" else "cpu")
 
     paths = expand_inputs(args.inputs)
     if not paths:
         parser.error(f"no image files found in {args.inputs}")
     try:
-        tagger = load_tagger(args.model, device, args.revision)
+        tagger = load_tagger(args.model, device, args.revision, args.backend)
     except (OSError, ValueError) as error:
         print(f"error: cannot load the model {args.model}: {error}", file=sys.stderr)
         return 2
