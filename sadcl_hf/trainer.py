@@ -104,7 +104,13 @@ class SADCLTrainer(Trainer):
     - `args.online_prototype_steps > 0` (stage "single"): the prototypes follow the running means of confident
       positive features (synchronised across processes) for the first steps, then train through PSCL.
     - `compute_metrics` defaults to the paper's metrics (`sadcl_hf.evaluation.compute_metrics`).
+    - Gradient accumulation averages: the loss of each micro-batch is its own mean, divided by the accumulation
+      steps; the logged loss and components are means over the micro-batches.
     """
+
+    # `compute_loss` returns a per-micro-batch mean (it does not use `num_items_in_batch`): the Trainer divides it by
+    # the gradient accumulation steps.
+    loss_is_scaled_for_ga = False
 
     def __init__(self, *args, eval_data_collator=None, **kwargs):
         kwargs.setdefault("compute_metrics", multilabel_compute_metrics)

@@ -9,9 +9,12 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, TrainerCallback, TrainingArguments
 
+from sadcl_hf.trainer import SADCLTrainer, SADCLTrainingArguments
 from sadcl_hf.training import parse_arguments, run_training
+
+from .conftest import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
@@ -193,8 +196,6 @@ def test_best_checkpoint_and_its_ema_are_exported(tmp_path, data_options):
 def test_compute_prototypes_script(tmp_path, data_options):
     from sadcl_hf.prototypes import load_prototypes
 
-    from .conftest import make_tiny_model
-
     model = make_tiny_model(num_labels=10)
     model.config.id2label = {i: str(i) for i in range(10)}
     model.config.label2id = {str(i): i for i in range(10)}
@@ -220,3 +221,155 @@ def test_compute_prototypes_script(tmp_path, data_options):
     expected, counts = compute_prototypes(model, loader, threshold=0.0, progress_bar=False)
     assert counts.sum() > 0
     torch.testing.assert_close(prototypes, expected, rtol=1e-5, atol=1e-5)
+
+
+class _RandomImages(torch.utils.data.Dataset):
+    """`num_images` random 64 px images with fixed multi-hot labels (no decoding, no augmentation)."""
+
+    def __init__(self, num_images: int, num_labels: int = 5, seed: int = 0, dtype=torch.float32):
+        generator = torch.Generator().manual_seed(seed)
+        self.pixel_values = torch.randn(num_images, 3, 64, 64, generator=generator).to(dtype)
+        self.labels = (torch.rand(num_images, num_labels, generator=generator) < 0.5).to(dtype)
+        self.labels[:, 0] = 1  # every image has a positive
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
+
+
+_QUIET_TRAINING = {
+    "report_to": [], "dataloader_num_workers": 0, "logging_steps": 1, "save_strategy": "no", "seed": 0,
+    "disable_tqdm": True,
+}  # fmt: skip
+
+
+def _trainer_arguments(output_dir, **overrides) -> SADCLTrainingArguments:
+    return SADCLTrainingArguments(**{**_QUIET_TRAINING, "output_dir": str(output_dir), "use_ema": False, **overrides})
+
+
+class _MicroBatchRecorder(SADCLTrainer):
+    """Records each training micro-batch's loss and components."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.micro_batches = []
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
+        if model.training:
+            components = {name: outputs[f"{name}_loss"].item() for name in ("asl", "sscl", "pscl")}
+            self.micro_batches.append({"loss": loss.item(), **components})
+        return (loss, outputs) if return_outputs else loss
+
+
+def _sgd_step(output_dir, trainer_class, batch_size, accumulation_steps):
+    """One plain SGD step (lr 1, no weight decay, momentum or clipping) in float64: returns (gradient by parameter
+    name, the first logged loss)."""
+    model = make_tiny_model(objective="asl", dropout=0.0, freeze_backbone_batch_norm=True).double()
+    arguments = {
+        **_QUIET_TRAINING, "output_dir": str(output_dir), "max_steps": 1, "per_device_train_batch_size": batch_size,
+        "gradient_accumulation_steps": accumulation_steps, "optim": "sgd", "learning_rate": 1.0,
+        "weight_decay": 0.0, "max_grad_norm": 0.0, "lr_scheduler_type": "constant",
+    }  # fmt: skip
+    if trainer_class is SADCLTrainer:
+        args = SADCLTrainingArguments(**arguments, use_ema=False, lr_schedule="trainer")
+    else:
+        args = TrainingArguments(**arguments)
+    trainer = trainer_class(model=model, args=args, train_dataset=_RandomImages(4, dtype=torch.float64))
+    before = {name: param.detach().clone() for name, param in model.named_parameters()}
+    trainer.train()
+    gradients = {name: before[name] - param.detach() for name, param in model.named_parameters()}
+    return gradients, next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
+
+
+@pytest.mark.parametrize("trainer_class", [SADCLTrainer, Trainer], ids=["SADCLTrainer", "transformers.Trainer"])
+def test_gradient_accumulation_averages_like_the_full_batch(tmp_path, trainer_class):
+    """Objective `asl`: batch 4 and 2 micro-batches of 2 give the same gradients and the same logged loss."""
+    full, full_loss = _sgd_step(tmp_path / "full", trainer_class, batch_size=4, accumulation_steps=1)
+    accumulated, accumulated_loss = _sgd_step(tmp_path / "accumulated", trainer_class, 2, accumulation_steps=2)
+    assert any(gradient.abs().max() > 1e-3 for gradient in full.values())
+    for name, gradient in full.items():
+        torch.testing.assert_close(accumulated[name], gradient, rtol=0, atol=1e-6, msg=name)
+    assert accumulated_loss == pytest.approx(full_loss, rel=1e-6)
+
+
+def test_gradient_accumulation_logs_the_mean_of_the_micro_batches(tmp_path):
+    """Objective `sadcl`: the logged loss and components are the mean over the micro-batches, not their sum."""
+    model = make_tiny_model(dropout=0.0)
+    args = _trainer_arguments(
+        tmp_path, max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=2, learning_rate=1e-4
+    )
+    trainer = _MicroBatchRecorder(model=model, args=args, train_dataset=_RandomImages(8))
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2 and len(trainer.micro_batches) == 4
+    for step, log in enumerate(logs):
+        micro_batches = trainer.micro_batches[2 * step : 2 * step + 2]
+        for name in ("loss", "asl", "sscl", "pscl"):
+            values = [micro_batch[name] for micro_batch in micro_batches]
+            assert log[name] == pytest.approx(sum(values) / 2, rel=1e-4, abs=1e-4), (step, name)
+        assert log["loss"] < sum(micro_batch["loss"] for micro_batch in micro_batches) * 0.9
+
+
+def _sadcl_model_with_bank_threshold_zero():
+    """Tiny `sadcl` model whose memory bank takes every positive feature (no confidence needed)."""
+    return make_tiny_model(dropout=0.0, memory_bank_threshold=0.0)
+
+
+@pytest.mark.parametrize("eval_batch_size", [8, 2], ids=["eval-batch-larger", "eval-batch-smaller"])
+def test_evaluation_leaves_the_memory_bank_untouched(tmp_path, eval_batch_size):
+    model = _sadcl_model_with_bank_threshold_zero()
+    args = _trainer_arguments(
+        tmp_path, max_steps=2, per_device_train_batch_size=4, per_device_eval_batch_size=eval_batch_size,
+        use_ema=True, ema_decay=0.5,
+    )  # fmt: skip
+    trainer = SADCLTrainer(model=model, args=args, train_dataset=_RandomImages(8), eval_dataset=_RandomImages(8, seed=1))
+    trainer.train()
+    bank = model.memory_bank.clone()
+    assert bank.shape == (4, 5, 128)
+    assert not torch.equal(bank, model.prototypes.detach().float().expand_as(bank))  # filled by training
+    ema_bank = trainer.ema.module.memory_bank.clone()
+    metrics = trainer.evaluate()
+    assert math.isfinite(metrics["eval_loss"]) and math.isfinite(metrics["eval_ema_loss"])
+    assert torch.equal(model.memory_bank, bank)
+    assert torch.equal(trainer.ema.module.memory_bank, ema_bank)
+
+
+def test_two_epochs_with_evaluation_each_epoch_keep_the_memory_bank(tmp_path):
+    """configs/coco2014-r101-448.yaml's pattern: evaluation every epoch at twice the training batch."""
+    model = _sadcl_model_with_bank_threshold_zero()
+    args = _trainer_arguments(
+        tmp_path, num_train_epochs=2, per_device_train_batch_size=4, per_device_eval_batch_size=8,
+        eval_strategy="epoch",
+    )  # fmt: skip
+    recorder = _BankRecorder(model)
+    trainer = SADCLTrainer(
+        model=model, args=args, train_dataset=_RandomImages(8), eval_dataset=_RandomImages(8, seed=1),
+        callbacks=[recorder],
+    )  # fmt: skip
+    trainer.train()
+    evaluations = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert [entry["epoch"] for entry in evaluations] == [1.0, 2.0] and trainer.state.global_step == 4
+    # every evaluation found the bank the last training step left, and left it as it was
+    assert len(recorder.before_evaluation) == 2
+    for before, after in zip(recorder.before_evaluation, recorder.after_evaluation):
+        assert torch.equal(before, after)
+    bank = model.memory_bank
+    assert bank.shape == (4, 5, 128)
+    assert not torch.allclose(bank, model.prototypes.detach().float().expand_as(bank))
+
+
+class _BankRecorder(TrainerCallback):
+    """Copies of the memory bank at the end of each epoch's training steps and after each evaluation."""
+
+    def __init__(self, model):
+        self.model = model
+        self.before_evaluation, self.after_evaluation = [], []
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.before_evaluation.append(self.model.memory_bank.clone())
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.after_evaluation.append(self.model.memory_bank.clone())
