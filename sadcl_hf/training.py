@@ -21,6 +21,7 @@ from .data import (
     MultiLabelCollator,
     build_eval_transform,
     build_train_transform,
+    dataset_info,
     label_names,
     load_multilabel_dataset,
 )
@@ -45,15 +46,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 STAGES = ("baseline", "sadcl", "single")
-_DEFAULT_SPLITS = {
-    "coco2014": ("train", "val"),
-    "coco2017": ("train", "val"),
-    "voc2007": ("trainval", "test"),
-    "voc2012": ("train", "val"),
-    "nuswide": ("train", "test"),
-    "vg500": ("train", "test"),
-    "digits-mosaic": ("train", "validation"),
-}
 
 
 @dataclass
@@ -151,8 +143,13 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def default_splits(dataset: str) -> tuple[str, str]:
-    """The benchmark's (training, evaluation) splits."""
-    return _DEFAULT_SPLITS.get(dataset.lower().replace("_", "-"), ("train", "validation"))
+    """The benchmark's (training, evaluation) splits (the dataset registry's); ("train", "validation") for a name
+    outside it."""
+    try:
+        info = dataset_info(dataset)
+    except ValueError:
+        return ("train", "validation")
+    return info.train_split, info.eval_split
 
 
 def _load_split(data_args: DataArguments, split: str, limit: int | None):

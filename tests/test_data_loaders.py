@@ -12,9 +12,11 @@ import pytest
 
 from sadcl_hf.data import (
     DATASET_NAMES,
+    DATASETS,
     NUS_WIDE_CONCEPTS,
     VOC_CLASSES,
     DatasetLayoutError,
+    dataset_info,
     from_hub_dataset,
     label_names,
     load_coco,
@@ -482,6 +484,27 @@ def test_entry_point_errors(tmp_path):
         load_multilabel_dataset("coco2014", root=tmp_path, split="test")
     with pytest.raises(DatasetLayoutError, match="is not a directory"):
         load_multilabel_dataset("COCO2014", root=tmp_path / "missing")
+
+
+def test_dataset_registry_is_the_one_table_of_names_splits_and_display_names():
+    from sadcl_hf.model_card import _dataset_display_name
+    from sadcl_hf.training import default_splits
+
+    assert DATASET_NAMES == tuple(DATASETS)
+    for name, info in DATASETS.items():
+        assert info.name == name and info.display_name
+        if info.splits is not None:
+            assert {info.train_split, info.eval_split} <= set(info.splits), name
+        assert default_splits(name) == (info.train_split, info.eval_split)
+        assert _dataset_display_name(name) == info.display_name
+    assert dataset_info("NUS_WIDE") is DATASETS["nuswide"] and dataset_info("vg-500") is DATASETS["vg500"]
+    assert default_splits("voc2007") == ("trainval", "test") and default_splits("coco2014") == ("train", "val")
+    assert default_splits("someone/hub-dataset") == ("train", "validation")
+    assert dataset_info("voc2012").label_names == VOC_CLASSES
+    assert dataset_info("nuswide").label_names == NUS_WIDE_CONCEPTS and len(dataset_info("coco2014").label_names) == 80
+    assert dataset_info("vg500").label_names is None and dataset_info("vg500").label_file.endswith(".json")
+    with pytest.raises(ValueError, match="Unknown dataset 'imagenet'"):
+        dataset_info("imagenet")
 
 
 def test_label_names_errors():

@@ -24,7 +24,7 @@ from .digits_mosaic import (
 )
 from .folder import from_hub_dataset, load_folder
 from .images import ImageLoadError, load_image
-from .loading import DATASET_NAMES, DATASET_SPLITS, load_multilabel_dataset
+from .loading import DATASETS, DATASET_NAMES, DATASET_SPLITS, DatasetInfo, dataset_info, load_multilabel_dataset
 from .nuswide import NUS_WIDE_CONCEPTS, NUS_WIDE_SPLITS, load_nuswide
 from .transforms import (
     DEFAULT_CROP_SCALES,
@@ -39,6 +39,7 @@ from .voc import VOC_CLASSES, VOC_DIFFICULT_MODES, VOC_SPLITS, load_voc
 
 __all__ = [
     "COCO_SPLITS",
+    "DATASETS",
     "DATASET_NAMES",
     "DATASET_SPLITS",
     "DEFAULT_CROP_SCALES",
@@ -51,12 +52,14 @@ __all__ = [
     "VOC_DIFFICULT_MODES",
     "VOC_SPLITS",
     "ConvertToRGB",
+    "DatasetInfo",
     "DatasetLayoutError",
     "ImageLoadError",
     "MultiLabelCollator",
     "MultiScaleCrop",
     "build_eval_transform",
     "build_train_transform",
+    "dataset_info",
     "digits_mosaic_cache_path",
     "digits_mosaic_scan_pools",
     "from_hub_dataset",

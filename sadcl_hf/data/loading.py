@@ -3,47 +3,102 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Optional, Union
 
 import datasets
 
-from .coco import load_coco
-from .digits_mosaic import load_digits_mosaic
+from ..configuration_sadcl import COCO_LABELS
+from .coco import COCO_SPLITS, load_coco
+from .digits_mosaic import DIGIT_CLASSES, DIGITS_MOSAIC_SPLITS, load_digits_mosaic
 from .folder import load_folder
-from .nuswide import load_nuswide
-from .voc import load_voc
-from .vg500 import load_vg500
+from .nuswide import NUS_WIDE_CONCEPTS, NUS_WIDE_SPLITS, load_nuswide
+from .vg500 import VG500_LABEL_FILE, VG500_SPLITS, load_vg500
+from .voc import VOC_CLASSES, VOC_SPLITS, load_voc
 
 
-__all__ = ["DATASET_NAMES", "DATASET_SPLITS", "load_multilabel_dataset"]
+__all__ = ["DATASETS", "DATASET_NAMES", "DATASET_SPLITS", "DatasetInfo", "dataset_info", "load_multilabel_dataset"]
 
-DATASET_SPLITS: dict[str, Optional[tuple[str, ...]]] = {
-    "coco2014": ("train", "val"),
-    "coco2017": ("train", "val"),
-    "voc2007": ("trainval", "test"),
-    "voc2012": ("train", "val", "trainval"),
-    "nuswide": ("train", "test"),
-    "vg500": ("train", "test"),
-    "digits-mosaic": ("train", "validation", "test"),
-    "folder": None,  # whatever split folders the custom folder has
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What sadcl-hf knows of one dataset name: the one registry behind training, the scripts, the converter and
+    the model card.
+
+    Args:
+        name: the registry key (`load_multilabel_dataset(name, ...)`).
+        display_name: how the model card names it.
+        load: `load(root, split, **options)` -> `Dataset` / `DatasetDict`.
+        splits: the splits it has; `None` when they depend on the data (a custom folder).
+        train_split / eval_split: the benchmark's training and evaluation splits.
+        label_names: the canonical class names in the released order, when fixed by the benchmark.
+        label_file: where the class names come from otherwise (a hint for error messages and docs).
+        needs_root: whether it is read from a folder (`False`: built from data a package ships).
+    """
+
+    name: str
+    display_name: str
+    load: Callable[..., Any]
+    splits: Optional[tuple[str, ...]]
+    train_split: str = "train"
+    eval_split: str = "validation"
+    label_names: Optional[tuple[str, ...]] = None
+    label_file: Optional[str] = None
+    needs_root: bool = True
+
+
+def _digits_mosaic(root: Any, split: Optional[str], **options: Any):
+    if root is not None:
+        raise ValueError("'digits-mosaic' is generated from data bundled with scikit-learn and takes no root.")
+    return load_digits_mosaic(split, **options)
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo(
+            "coco2014", "MS-COCO 2014", partial(load_coco, year=2014), COCO_SPLITS, "train", "val", tuple(COCO_LABELS)
+        ),
+        DatasetInfo(
+            "coco2017", "MS-COCO 2017", partial(load_coco, year=2017), COCO_SPLITS, "train", "val", tuple(COCO_LABELS)
+        ),
+        DatasetInfo("voc2007", "PASCAL VOC 2007", partial(load_voc, year=2007), VOC_SPLITS[2007], "trainval", "test",
+                    VOC_CLASSES),
+        DatasetInfo("voc2012", "PASCAL VOC 2012", partial(load_voc, year=2012), VOC_SPLITS[2012], "train", "val",
+                    VOC_CLASSES),
+        DatasetInfo("nuswide", "NUS-WIDE", load_nuswide, NUS_WIDE_SPLITS, "train", "test", NUS_WIDE_CONCEPTS),
+        DatasetInfo("vg500", "Visual Genome 500 (VG-500)", load_vg500, VG500_SPLITS, "train", "test",
+                    label_file=VG500_LABEL_FILE),
+        DatasetInfo(
+            "digits-mosaic",
+            "digits-mosaic (synthetic mosaics of scikit-learn's handwritten digits)",
+            _digits_mosaic,
+            DIGITS_MOSAIC_SPLITS,
+            label_names=DIGIT_CLASSES,
+            needs_root=False,
+        ),
+        DatasetInfo("folder", "a custom image folder", load_folder, None, label_file="metadata file"),
+    )
 }
-DATASET_NAMES = tuple(DATASET_SPLITS)
+DATASET_NAMES = tuple(DATASETS)
+DATASET_SPLITS: dict[str, Optional[tuple[str, ...]]] = {name: info.splits for name, info in DATASETS.items()}
+_ALIASES = {"nus-wide": "nuswide", "vg-500": "vg500"}
 
-_LOADERS: dict[str, Callable[..., Any]] = {
-    "coco2014": lambda root, split, **options: load_coco(root, split, year=2014, **options),
-    "coco2017": lambda root, split, **options: load_coco(root, split, year=2017, **options),
-    "voc2007": lambda root, split, **options: load_voc(root, split, year=2007, **options),
-    "voc2012": lambda root, split, **options: load_voc(root, split, year=2012, **options),
-    "nuswide": load_nuswide,
-    "vg500": load_vg500,
-    "folder": load_folder,
-}
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The registry entry of `name` (case-insensitive; `_` and `-` are interchangeable; `nus-wide`, `vg-500`)."""
+    key = name.strip().lower().replace("_", "-") if isinstance(name, str) else name
+    key = _ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; available: {', '.join(DATASET_NAMES)}.")
+    return DATASETS[key]
 
 
 def load_multilabel_dataset(
     name: str, root: Optional[Union[str, os.PathLike]] = None, split: Optional[str] = None, **options: Any
 ) -> Union[datasets.Dataset, datasets.DatasetDict]:
-    """Load a multi-label image dataset by name.
+    """Load a multi-label image dataset by name (a `DATASETS` entry).
 
     | name              | splits                      | loader                  |
     |-------------------|-----------------------------|-------------------------|
@@ -67,17 +122,9 @@ def load_multilabel_dataset(
         `Dataset` or `DatasetDict` with columns `image` (`datasets.Image`) and `labels`
         (`List(ClassLabel(names=...))`), plus loader-specific extras documented by each loader.
     """
-    key = name.strip().lower().replace("_", "-") if isinstance(name, str) else name
-    key = {"nus-wide": "nuswide", "vg-500": "vg500"}.get(key, key)
-    if key not in DATASET_SPLITS:
-        raise ValueError(f"Unknown dataset {name!r}; available: {', '.join(DATASET_NAMES)}.")
-    allowed = DATASET_SPLITS[key]
-    if split is not None and allowed is not None and split not in allowed:
-        raise ValueError(f"Unknown split {split!r} for {key!r}; expected one of {list(allowed)}.")
-    if key == "digits-mosaic":
-        if root is not None:
-            raise ValueError("'digits-mosaic' is generated from data bundled with scikit-learn and takes no root.")
-        return load_digits_mosaic(split, **options)
-    if root is None:
-        raise ValueError(f"Dataset {key!r} needs root=<the folder of the dataset as distributed>.")
-    return _LOADERS[key](root, split, **options)
+    info = dataset_info(name)
+    if split is not None and info.splits is not None and split not in info.splits:
+        raise ValueError(f"Unknown split {split!r} for {info.name!r}; expected one of {list(info.splits)}.")
+    if info.needs_root and root is None:
+        raise ValueError(f"Dataset {info.name!r} needs root=<the folder of the dataset as distributed>.")
+    return info.load(root, split, **options)

@@ -17,7 +17,7 @@ VG500_NUM_CLASSES = 500
 VG500_SPLITS = ("train", "test")
 
 _SPLIT_FILES = {"train": "train_list_500.txt", "test": "test_list_500.txt"}
-_LABEL_FILE = "vg_category_500_labels_index.json"
+VG500_LABEL_FILE = "vg_category_500_labels_index.json"
 _NAME_FILES = ("vg_category_500.json", "vg_category_500.txt")
 _PARTITION_DIRS = ("", "ssgrl_partition", "VG")
 _IMAGE_DIRS = ("VG_100K", "VG_100K_2")
@@ -26,11 +26,11 @@ _IMAGE_DIRS = ("VG_100K", "VG_100K_2")
 def _find_partition_dir(root: str) -> str:
     for sub in _PARTITION_DIRS:
         folder = os.path.join(root, sub)
-        if os.path.isfile(os.path.join(folder, _LABEL_FILE)):
+        if os.path.isfile(os.path.join(folder, VG500_LABEL_FILE)):
             return folder
-    tried = ", ".join(os.path.join(root, sub, _LABEL_FILE) for sub in _PARTITION_DIRS)
+    tried = ", ".join(os.path.join(root, sub, VG500_LABEL_FILE) for sub in _PARTITION_DIRS)
     raise DatasetLayoutError(
-        f"Expected the VG500 label file {_LABEL_FILE} (from the SSGRL release) at one of: {tried}. "
+        f"Expected the VG500 label file {VG500_LABEL_FILE} (from the SSGRL release) at one of: {tried}. "
         f"It must sit next to {_SPLIT_FILES['train']} and {_SPLIT_FILES['test']}."
     )
 
@@ -113,7 +113,7 @@ def load_vg500(
     root = os.fspath(root)
     splits = select_splits(split, VG500_SPLITS, "VG500")
     partition_dir = _find_partition_dir(root)
-    label_path = os.path.join(partition_dir, _LABEL_FILE)
+    label_path = os.path.join(partition_dir, VG500_LABEL_FILE)
     with open(label_path, encoding="utf-8") as handle:
         labels_of_image = json.load(handle)
     if not isinstance(labels_of_image, dict):
