@@ -20,6 +20,7 @@ from sadcl_hf.losses import (
 )
 
 from .conftest import FIXTURES_DIR, SHARED_REFERENCE_DIR
+from .released_losses import dense_released_sscl
 
 
 # p01-p07 are copied into the repository (tests/fixtures/losses); p08 (24 MB) is read from ../shared/reference.
@@ -204,31 +205,6 @@ def test_contrastive_losses_normalise_features_internally():
 # ---------------------------------------------------------------------------------------------------------------------
 # Independent dense computations
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def dense_released_sscl(features, labels, temperature=0.2, base_temperature=0.2):
-    """All (B*V*K)^2 similarities, following the released MultiSupConLoss step by step (any number of views)."""
-    batch_size, num_views, num_labels, dim = features.shape
-    num_rows, num_features = num_views * batch_size, num_views * batch_size * num_labels
-    labels = labels.to(features.dtype)
-    contrast = F.normalize(features, dim=-1).transpose(0, 1).reshape(num_features, dim)
-    row_labels = labels.repeat(num_views, 1)
-    feature_labels = row_labels.reshape(num_features)
-    anchor_mask = labels.repeat_interleave(num_views, dim=0).reshape(num_features)
-    similarity = contrast @ contrast.T / temperature
-    pair_mask = (feature_labels[:, None] * feature_labels[None, :]).fill_diagonal_(0)
-    masked = similarity * pair_mask
-    denominator = (pair_mask * torch.exp(masked - masked.amax(1, keepdim=True).detach())).sum(1)
-    denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-    log_denominator = anchor_mask * torch.log(denominator + 1e-5)
-    intra = torch.diagonal(similarity.view(num_rows, num_labels, num_rows, num_labels), dim1=1, dim2=3)
-    not_self = 1 - torch.eye(num_rows, dtype=features.dtype)
-    intra_mask = row_labels[:, None, :] * row_labels[None, :, :] * not_self[:, :, None]
-    masked_intra = intra * intra_mask
-    numerator = (masked_intra - masked_intra.amax(2, keepdim=True).detach()).permute(0, 2, 1).reshape(num_features, -1)
-    intra_mask = intra_mask.permute(0, 2, 1).reshape(num_features, num_rows)
-    log_prob = (intra_mask * (numerator - log_denominator[:, None])).sum(1) / intra_mask.sum(1).clamp(min=1)
-    return (-(temperature / base_temperature) * log_prob * anchor_mask).sum() / anchor_mask.sum().clamp(min=1)
 
 
 def paper_equation_sscl(features, labels, temperature=0.2, base_temperature=0.2):
