@@ -32,23 +32,33 @@ _BACKGROUND = (255, 255, 255)
 
 @torch.no_grad()
 def class_attention_maps(model, pixel_values: torch.Tensor, layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Runs `model` with `output_attentions=True`.
+    """Runs `model` with `output_attentions=True` and turns the decoder's cross-attention into pictures.
 
     Args:
-        model: a SADCL model (`outputs.attentions` holds one [B, K, h, w] map per decoder layer).
+        model: a SADCL classifier (`outputs.attentions` holds one [B, heads, K, h * w] tensor per decoder layer).
         pixel_values: [B, 3, H, W] preprocessed images.
         layer: which decoder layer's cross-attention (Python indexing; -1 = last).
 
     Returns:
-        (probabilities [B, K], attention maps [B, K, h, w]), on the CPU in float32. Each map sums to 1 over pixels.
+        (probabilities [B, K], attention maps [B, K, h, w] averaged over heads), on the CPU in float32. Each map sums
+        to 1 over pixels.
     """
-    outputs = model(pixel_values=pixel_values.to(model.device, dtype=model.dtype), output_attentions=True)
+    grid = {}
+    hook = model.base_model.input_projection.register_forward_hook(
+        lambda module, inputs, feature_map: grid.update(size=feature_map.shape[-2:])
+    )
+    try:
+        outputs = model(pixel_values=pixel_values.to(model.device, dtype=model.dtype), output_attentions=True)
+    finally:
+        hook.remove()
     attentions = outputs.attentions
     if not attentions:
         raise ValueError(f"{type(model).__name__} returned no attention maps with output_attentions=True")
     if not -len(attentions) <= layer < len(attentions):
         raise ValueError(f"layer={layer} but the model has {len(attentions)} decoder layers")
-    return torch.sigmoid(outputs.logits.float()).cpu(), attentions[layer].float().cpu()
+    weights = attentions[layer].float().mean(dim=1)
+    maps = weights.reshape(*weights.shape[:2], *grid["size"])
+    return torch.sigmoid(outputs.logits.float()).cpu(), maps.cpu()
 
 
 def colorize(values: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
 
 __all__ = ["COCO_LABELS", "SADCL_PRESETS", "SADCLConfig"]
 
@@ -55,10 +55,21 @@ class SADCLConfig(PreTrainedConfig):
     adds the 80 COCO label names).
 
     Args:
-        backbone (`str`): any timm model name (`timm.list_models()`); its last feature map feeds the transformer.
-        use_pretrained_backbone (`bool`): load the timm ImageNet weights when the model is built from this config.
-            Never used by `from_pretrained`, whose checkpoint already holds the backbone.
+        backbone (`str`): with `use_timm_backbone`, any timm model name (`timm.list_models()`); otherwise the Hub id
+            of the transformers model that `backbone_config` describes (its weights are loaded only with
+            `use_pretrained_backbone`). The backbone's last feature map feeds the transformer.
+        use_timm_backbone (`bool`): build the backbone with timm (the default) or, as in DETR, with transformers from
+            `backbone_config` (`AutoModel.from_config`; its `last_hidden_state` [B, C, h, w] is the feature map,
+            e.g. `CvtModel`).
+        backbone_config (`dict` or `PreTrainedConfig`, *optional*): the transformers backbone's configuration
+            (required when `use_timm_backbone=False`). An extra `hidden_act` entry replaces the backbone's `nn.GELU`
+            activations (Query2Label's CvT uses `"quick_gelu"`, which `CvtModel` hard-codes as GELU).
+        use_pretrained_backbone (`bool`): load the backbone's pretrained weights when the model is built from this
+            config. Never used by `from_pretrained`, whose checkpoint already holds the backbone.
         backbone_kwargs (`dict`, *optional*): extra `timm.create_model` arguments (e.g. `{"output_stride": 16}`).
+        backbone_layer_norm (`bool`): a LayerNorm (eps 1e-5) over the channels of the backbone's feature map, the
+            final norm that Query2Label's Swin and CvT backbones apply (timm's `features_only` output and `CvtModel`
+            leave it out).
         freeze_backbone_batch_norm (`bool`): replace BatchNorm by FrozenBatchNorm2d (statistics and affine fixed),
             as the paper.
         backbone_frozen_stages (`int`): freeze the backbone up to and including timm feature level N
@@ -87,6 +98,13 @@ class SADCLConfig(PreTrainedConfig):
     """
 
     model_type = "sadcl"
+    # transformers' standard names; `num_hidden_layers` counts the decoder layers, the ones whose attentions and hidden
+    # states `output_attentions` / `output_hidden_states` return.
+    attribute_map = {
+        "hidden_size": "hidden_dim",
+        "num_hidden_layers": "num_decoder_layers",
+        "intermediate_size": "dim_feedforward",
+    }
     keys_to_ignore_at_inference = [
         "label_features",
         "projected_label_features",
@@ -99,8 +117,11 @@ class SADCLConfig(PreTrainedConfig):
     backbone: str = "resnet101.tv_in1k"
     use_pretrained_backbone: bool = True
     backbone_kwargs: dict | None = None
+    use_timm_backbone: bool = True
+    backbone_config: dict | PreTrainedConfig | None = None
     freeze_backbone_batch_norm: bool = True
     backbone_frozen_stages: int = 1
+    backbone_layer_norm: bool = False
     image_size: int = 448
     hidden_dim: int = 2048
     num_encoder_layers: int = 1
@@ -130,10 +151,16 @@ class SADCLConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
-        kwargs.setdefault("problem_type", "multi_label_classification")
+        if self.problem_type is None:
+            self.problem_type = "multi_label_classification"
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
+        if isinstance(self.backbone_config, dict):
+            values = dict(self.backbone_config)
+            if "model_type" not in values:
+                raise ValueError("backbone_config needs a 'model_type' entry (e.g. 'cvt')")
+            self.backbone_config = AutoConfig.for_model(values.pop("model_type"), **values)
         """Checks the fields against each other; raises `ValueError` naming the field."""
         super().validate_architecture()
         if self.hidden_dim % self.num_attention_heads != 0:
@@ -145,6 +172,11 @@ class SADCLConfig(PreTrainedConfig):
         if self.objective not in ("sadcl", "asl"):
             raise ValueError(f"objective must be 'sadcl' or 'asl', got {self.objective!r}")
         if self.sscl_mode not in ("reference", "corrected"):
+        if self.use_timm_backbone == (self.backbone_config is not None):
+            raise ValueError(
+                "backbone_config must be given exactly when use_timm_backbone is False "
+                f"(use_timm_backbone={self.use_timm_backbone}, backbone_config={type(self.backbone_config).__name__})"
+            )
             raise ValueError(f"sscl_mode must be 'reference' or 'corrected', got {self.sscl_mode!r}")
         if self.thresholds is not None and len(self.thresholds) != self.num_labels:
             raise ValueError(

@@ -19,7 +19,7 @@ def backbone_normalization(config: SADCLConfig) -> tuple[list[float], list[float
     """(mean, std): the config's own, else the timm backbone's `pretrained_cfg`, else ImageNet's."""
     mean, std = config.image_mean, config.image_std
     if mean is None or std is None:
-        pretrained_cfg = timm.get_pretrained_cfg(config.backbone)
+        pretrained_cfg = timm.get_pretrained_cfg(config.backbone) if config.use_timm_backbone else None
         mean = mean or list(getattr(pretrained_cfg, "mean", None) or _IMAGENET_MEAN)
         std = std or list(getattr(pretrained_cfg, "std", None) or _IMAGENET_STD)
     return [float(v) for v in mean], [float(v) for v in std]

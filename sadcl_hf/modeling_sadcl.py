@@ -9,15 +9,20 @@ confident positives and learnable class prototypes.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
 import timm
 import torch
+import torch.nn.functional as F
 from timm.utils.model import freeze, freeze_batch_norm_2d
 from torch import nn
-from transformers import PreTrainedModel
+from torchvision.ops.misc import FrozenBatchNorm2d
+from transformers import AutoModel, PreTrainedModel
+from transformers.activations import ACT2FN
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from .configuration_sadcl import SADCLConfig
@@ -39,12 +44,16 @@ class SADCLModelOutput(ModelOutput):
         label_features (`torch.FloatTensor` [B, K, D]): one label-level feature per class (last decoder layer, after
             the decoder norm).
         feature_map (`torch.FloatTensor` [B, D, H, W]): the (projected) backbone feature map the decoder attends to.
-        attentions (`tuple(torch.FloatTensor)`, one [B, K, H, W] per decoder layer): class-to-pixel cross-attention
-            maps averaged over heads; returned with `output_attentions=True`.
+        hidden_states (`tuple(torch.FloatTensor)`, num_decoder_layers + 1 of [B, K, D]): the class queries entering
+            each decoder layer and the last layer's output (before the decoder norm); with `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`, one [B, heads, K, H * W] per decoder layer): class-to-pixel
+            cross-attention weights (transformers' [B, heads, queries, keys]; `attention_maps.class_attention_maps`
+            gives the head-averaged [B, K, H, W] pictures); with `output_attentions=True`.
     """
 
     label_features: torch.FloatTensor | None = None
     feature_map: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
@@ -57,7 +66,7 @@ class SADCLImageClassifierOutput(ModelOutput):
         logits (`torch.FloatTensor` [B, K]): one logit per class (sigmoid gives the probability).
         label_features (`torch.FloatTensor` [B, K, D]): label-level features.
         projected_label_features (`torch.FloatTensor` [B, K, P]): label-level features through the projector.
-        attentions: see `SADCLModelOutput`.
+        hidden_states / attentions: see `SADCLModelOutput`.
         asl_loss / sscl_loss / pscl_loss (`torch.FloatTensor` []): the objective's components, given `labels`.
     """
 
@@ -65,6 +74,7 @@ class SADCLImageClassifierOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     label_features: torch.FloatTensor | None = None
     projected_label_features: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     asl_loss: torch.FloatTensor | None = None
     sscl_loss: torch.FloatTensor | None = None
@@ -77,35 +87,74 @@ def _is_meta_init() -> bool:
 
 
 class SADCLBackbone(nn.Module):
-    """Any timm model as a feature extractor: pixel_values [B, 3, H, W] -> feature map [B, C, H/s, W/s].
+    """A timm or transformers model as a feature extractor: pixel_values [B, 3, H, W] -> feature map [B, C, H/s, W/s].
 
-    Uses timm's `features_only` (last level); channels-last outputs (Swin, ...) are permuted to channels-first.
-    BatchNorm is frozen and early stages are frozen as the config says (timm's `freeze` helpers).
+    timm (`config.use_timm_backbone`): `features_only` (last level); channels-last outputs (Swin, ...) are permuted to
+    channels-first. transformers: `AutoModel.from_config(config.backbone_config)`, whose `last_hidden_state` is the
+    feature map (e.g. `CvtModel`). An optional final LayerNorm over the channels (`config.backbone_layer_norm`)
+    follows. BatchNorm is frozen and early stages are frozen as the config says (timm's `freeze` helpers).
     """
 
     def __init__(self, config: SADCLConfig):
         super().__init__()
         pretrained = config.use_pretrained_backbone and not _is_meta_init()
-        self.body = timm.create_model(
-            config.backbone,
-            pretrained=pretrained,
-            features_only=True,
-            out_indices=(-1,),
-            **(config.backbone_kwargs or {}),
-        )
-        self.num_channels = self.body.feature_info.channels()[-1]
-        self.reduction = self.body.feature_info.reduction()[-1]
-        self.channels_last = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
+        if config.use_timm_backbone:
+            self.body = timm.create_model(
+                config.backbone,
+                pretrained=pretrained,
+                features_only=True,
+                out_indices=(-1,),
+                **(config.backbone_kwargs or {}),
+            )
+            self.num_channels = self.body.feature_info.channels()[-1]
+            self.reduction = self.body.feature_info.reduction()[-1]
+            self.channels_last = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
+        else:
+            self.body = self._transformers_body(config, pretrained)
+            self.num_channels, self.reduction = self._transformers_feature_info(config.backbone_config)
+            self.channels_last = False
+        self.norm = nn.LayerNorm(self.num_channels, eps=1e-5) if config.backbone_layer_norm else None
         if config.freeze_backbone_batch_norm:
             self.body = freeze_batch_norm_2d(self.body)
         if config.backbone_frozen_stages >= 0:
             freeze(self.body, self._frozen_children(config.backbone_frozen_stages))
-        # timm initialised (or loaded) these weights; transformers must not re-initialise them.
-        for module in self.body.modules():
-            module._is_hf_initialized = True
+        # The backbone initialised (or loaded) these tensors, so `post_init` keeps them. `from_pretrained` replaces
+            if not config.use_timm_backbone:
+                raise ValueError("backbone_frozen_stages needs a timm backbone; set it to -1 for a transformers one")
+        # them by new tensors, flagged only where the checkpoint holds them: `_init_weights` sets the missing ones.
+        for tensor in itertools.chain(self.body.parameters(), self.body.buffers()):
+            tensor._is_hf_initialized = True
 
     def _frozen_children(self, level: int) -> list[str]:
         """Names of the top-level backbone modules up to and including feature level `level`."""
+    @staticmethod
+    def _transformers_body(config: SADCLConfig, pretrained: bool) -> nn.Module:
+        """`AutoModel` for `config.backbone_config`; its `nn.GELU` activations become `backbone_config.hidden_act`
+        when that is set (Query2Label's CvT uses QuickGELU, x * sigmoid(1.702 x), which `CvtModel` hard-codes as
+        GELU)."""
+        if pretrained:
+            body = AutoModel.from_pretrained(config.backbone, config=config.backbone_config)
+        else:
+            body = AutoModel.from_config(config.backbone_config)
+        activation = getattr(config.backbone_config, "hidden_act", None)
+        if activation is not None:
+            for module in body.modules():
+                if isinstance(getattr(module, "activation", None), nn.GELU):
+                    module.activation = ACT2FN[activation]
+        return body
+
+    @staticmethod
+    def _transformers_feature_info(backbone_config) -> tuple[int, int]:
+        """(channels, stride) of a transformers backbone's `last_hidden_state`, from its config (`embed_dim` or
+        `hidden_sizes` per stage; `patch_stride` per stage, else 32)."""
+        widths = getattr(backbone_config, "embed_dim", None) or getattr(backbone_config, "hidden_sizes", None)
+        if not isinstance(widths, (list, tuple)):
+            raise ValueError(
+                f"unsupported transformers backbone {backbone_config.model_type!r}: its config needs per-stage "
+                "'embed_dim' or 'hidden_sizes' and its output a [B, C, h, w] last_hidden_state"
+            )
+        return int(widths[-1]), math.prod(getattr(backbone_config, "patch_stride", None) or (32,))
+
         info = self.body.feature_info.info
         if level >= len(info):
             raise ValueError(f"backbone_frozen_stages={level} but the backbone has {len(info)} feature levels")
@@ -120,8 +169,15 @@ class SADCLBackbone(nn.Module):
         )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        feature_map = self.body(pixel_values)[-1]
-        if self.channels_last:
+        if isinstance(self.body, PreTrainedModel):
+            feature_map = self.body(pixel_values, return_dict=True).last_hidden_state
+        else:
+            feature_map = self.body(pixel_values)[-1]
+        if self.norm is not None:
+            if not self.channels_last:
+                feature_map = feature_map.permute(0, 2, 3, 1)
+            feature_map = self.norm(feature_map).permute(0, 3, 1, 2)
+        elif self.channels_last:
             feature_map = feature_map.permute(0, 3, 1, 2)
         return feature_map
 
@@ -152,7 +208,50 @@ class SADCLSinePositionEncoding(nn.Module):
         return torch.cat((pos_y, pos_x), dim=-1).permute(2, 0, 1).unsqueeze(0).to(feature_map.dtype)
 
 
-class SADCLPostNormLayer(nn.Module):
+class SADCLAttention(nn.Module):
+    """Multi-head attention with `nn.MultiheadAttention`'s parameters (`in_proj_weight` [3D, D], `in_proj_bias` [3D],
+    `out_proj`), so official and earlier checkpoints load unchanged.
+
+    `config._attn_implementation` picks the kernel: `"sdpa"` (`torch.nn.functional.scaled_dot_product_attention`) or
+    `"eager"` (explicit softmax). Calls that request the weights always take the eager path.
+    """
+
+    def __init__(self, config: SADCLConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_dim // config.num_attention_heads
+        self.dropout = config.dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * config.hidden_dim, config.hidden_dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * config.hidden_dim))
+        self.out_proj = nn.Linear(config.hidden_dim, config.hidden_dim)
+
+    def _heads(self, states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """[B, N, D] -> projected and split [B, heads, N, D / heads]."""
+        batch_size, length, _ = states.shape
+        return F.linear(states, weight, bias).view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """query [B, Q, D], key/value [B, N, D] -> (attended [B, Q, D], weights [B, heads, Q, N] or None)."""
+        weights_q, weights_k, weights_v = self.in_proj_weight.chunk(3)
+        bias_q, bias_k, bias_v = self.in_proj_bias.chunk(3)
+        query = self._heads(query, weights_q, bias_q)
+        key = self._heads(key, weights_k, bias_k)
+        value = self._heads(value, weights_v, bias_v)
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if output_attentions or self.config._attn_implementation == "eager":
+            weights = torch.softmax(query @ key.transpose(-1, -2) / math.sqrt(self.head_dim), dim=-1)
+            attended = F.dropout(weights, p=dropout, training=self.training) @ value
+        else:
+            attended = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)
+        attended = attended.transpose(1, 2).flatten(2)
+        return self.out_proj(attended), weights if output_attentions else None
+
+
+class SADCLPostNormLayer(GradientCheckpointingLayer):
     """Post-norm transformer layer as in DETR: an attention block (module `attention_name`, norm
     `{attention_name}_norm`), then a ReLU feed-forward block (`linear1`, `linear2`, `ffn_norm`)."""
 
@@ -160,17 +259,16 @@ class SADCLPostNormLayer(nn.Module):
         super().__init__()
         dim = config.hidden_dim
         self.attention_name = attention_name
-        attention = nn.MultiheadAttention(dim, config.num_attention_heads, dropout=config.dropout, batch_first=True)
-        self.add_module(attention_name, attention)
+        self.add_module(attention_name, SADCLAttention(config))
         self.add_module(f"{attention_name}_norm", nn.LayerNorm(dim))
         self.linear1 = nn.Linear(dim, config.dim_feedforward)
         self.linear2 = nn.Linear(config.dim_feedforward, dim)
         self.ffn_norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(config.dropout)
 
-    def attend(self, residual, query, key, value, need_weights: bool = False):
-        """norm(residual + attention(query, key, value)): [B, Q, D] -> ([B, Q, D], weights [B, Q, N] or None)."""
-        attended, weights = getattr(self, self.attention_name)(query, key, value, need_weights=need_weights)
+    def attend(self, residual, query, key, value, output_attentions: bool = False):
+        """norm(residual + attention(query, key, value)): [B, Q, D] -> ([B, Q, D], weights [B, heads, Q, N] or None)."""
+        attended, weights = getattr(self, self.attention_name)(query, key, value, output_attentions)
         return getattr(self, f"{self.attention_name}_norm")(residual + self.dropout(attended)), weights
 
     def feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -206,7 +304,7 @@ class SADCLDecoderLayer(SADCLPostNormLayer):
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """queries [B, K, D], query_position [1, K, D], memory/position [B, HW, D]
-        -> (label features [B, K, D], attention weights [B, K, HW] or None)."""
+        -> (label features [B, K, D], attention weights [B, heads, K, HW] or None)."""
         queries, weights = self.attend(queries, queries + query_position, memory + position, memory, output_attentions)
         return self.feed_forward(queries), weights
 
@@ -228,22 +326,37 @@ class SADCLTransformerDecoder(nn.Module):
         self.layers = nn.ModuleList(SADCLDecoderLayer(config) for _ in range(config.num_decoder_layers))
         self.norm = nn.LayerNorm(config.hidden_dim)
 
-    def forward(self, query_embed, memory, position, output_attentions=False):
-        """query_embed [K, D], memory/position [B, HW, D] -> (label features [B, K, D], attention weights per layer)."""
-        query_position = query_embed.unsqueeze(0)
-        queries = torch.zeros(memory.shape[0], *query_embed.shape, dtype=memory.dtype, device=memory.device)
-        attentions = []
+    def forward(self, query_embeds, memory, position, output_attentions=False, output_hidden_states=False):
+        """query_embeds [K, D], memory/position [B, HW, D] -> (label features [B, K, D], per layer: attention
+        weights [B, heads, K, HW] or None, hidden states: the queries entering each layer and the last layer's output
+        [B, K, D] before the final norm, or None)."""
+        query_position = query_embeds.unsqueeze(0)
+        queries = torch.zeros(memory.shape[0], *query_embeds.shape, dtype=memory.dtype, device=memory.device)
+        attentions, hidden_states = [], [queries]
         for layer in self.layers:
-            queries, weights = layer(queries, query_position, memory, position, output_attentions)
+            queries, weights = layer(queries, query_position, memory, position, output_attentions=output_attentions)
             attentions.append(weights)
-        return self.norm(queries), attentions
+            hidden_states.append(queries)
+        return (
+            self.norm(queries),
+            tuple(attentions) if output_attentions else None,
+            tuple(hidden_states) if output_hidden_states else None,
+        )
 
 
 class SADCLTransformer(nn.Module):
+    """Encoder over the pixels, then the class-query decoder (one call, so device-map hooks see the whole module)."""
+
     def __init__(self, config: SADCLConfig):
         super().__init__()
         self.encoder = SADCLTransformerEncoder(config)
         self.decoder = SADCLTransformerDecoder(config)
+
+    def forward(self, memory, position, query_embeds, output_attentions=False, output_hidden_states=False):
+        """memory/position [B, HW, D], query_embeds [K, D] -> the decoder's (label features, attentions, hidden
+        states)."""
+        memory = self.encoder(memory, position)
+        return self.decoder(query_embeds, memory, position, output_attentions, output_hidden_states)
 
 
 class SADCLPreTrainedModel(PreTrainedModel):
@@ -251,7 +364,8 @@ class SADCLPreTrainedModel(PreTrainedModel):
     base_model_prefix = "sadcl"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
     _no_split_modules = ["SADCLEncoderLayer", "SADCLDecoderLayer"]
     _keys_to_ignore_on_load_unexpected = [r"memory_bank"]
     # The loss is a per-batch mean and `forward` ignores `num_items_in_batch`: transformers' Trainer must divide it by
@@ -260,21 +374,31 @@ class SADCLPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Query2Label's init: Xavier-uniform for the transformer's matrices; the backbone keeps timm's weights."""
-        if getattr(module, "_is_hf_initialized", False):
-            return
-        if isinstance(module, nn.MultiheadAttention):
+        """Query2Label's init (Xavier-uniform matrices) for the transformer and heads; timm's per-type init (ResNet
+        convolutions: Kaiming-normal fan-out; norms: weight 1, bias 0, running mean 0, variance 1; other backbone
+        parameters: truncated normal) for backbone tensors. transformers' guarded `init` functions skip tensors
+        already set: timm's weights in a model built from a config (`SADCLBackbone` flags them) and tensors a
+        checkpoint held, so `from_pretrained` initialises exactly the missing ones."""
+        if isinstance(module, SADCLAttention):
             init.xavier_uniform_(module.in_proj_weight)
             init.zeros_(module.in_proj_bias)
-            init.xavier_uniform_(module.out_proj.weight)
-            init.zeros_(module.out_proj.bias)
-        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+        elif isinstance(module, nn.Linear):
             init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, FrozenBatchNorm2d)):
+            if module.weight is not None:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+            if getattr(module, "running_mean", None) is not None:
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+            if getattr(module, "num_batches_tracked", None) is not None:
+                init.zeros_(module.num_batches_tracked)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, std=1.0)
         elif isinstance(module, SADCLGroupWiseLinear):
@@ -283,6 +407,11 @@ class SADCLPreTrainedModel(PreTrainedModel):
             init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, SADCLForImageClassification):
             init.normal_(module.prototypes, std=1.0)
+        else:  # backbone modules' own parameters: position embeddings, class tokens, layer scales, ...
+            for parameter in module.parameters(recurse=False):
+                init.trunc_normal_(parameter, std=self.config.initializer_range)
+        if hasattr(module, "init_non_persistent_buffers"):  # timm modules with computed buffers (Swin, ...)
+            module.init_non_persistent_buffers()
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Saves weights (safetensors) and config; with remote code registered, `auto_map` lists all three Auto
@@ -323,21 +452,29 @@ class SADCLModel(SADCLPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> SADCLModelOutput | tuple:
+        """pixel_values [B, 3, H, W] -> label features [B, K, D]; see `SADCLModelOutput`."""
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         feature_map = self.input_projection(self.backbone(pixel_values))
-        batch_size, dim, height, width = feature_map.shape
         position = self.position_encoding(feature_map).flatten(2).transpose(1, 2)
         memory = feature_map.flatten(2).transpose(1, 2)
-        memory = self.transformer.encoder(memory, position)
-        label_features, weights = self.transformer.decoder(self.query_embed.weight, memory, position, output_attentions)
-        attentions = None
-        if output_attentions:
-            attentions = tuple(w.reshape(batch_size, -1, height, width) for w in weights)
-        output = SADCLModelOutput(label_features=label_features, feature_map=feature_map, attentions=attentions)
+        query_embeds = self.query_embed(torch.arange(self.config.num_labels, device=feature_map.device))
+        label_features, attentions, hidden_states = self.transformer(
+            memory, position, query_embeds, output_attentions, output_hidden_states
+        )
+        output = SADCLModelOutput(
+            label_features=label_features,
+            feature_map=feature_map,
+            hidden_states=hidden_states,
+            attentions=attentions,
+        )
         return output if return_dict else output.to_tuple()
 
 
@@ -359,8 +496,11 @@ class SADCLForImageClassification(SADCLPreTrainedModel):
 
     The memory bank ([N, K, D] raw label-level features, one row per slot of the training batch) is training state,
     not a weight: a non-persistent buffer, so an inference checkpoint does not depend on the training batch size.
-    It is (re)started from the prototypes when a batch is larger than it, a smaller batch (the last of an epoch) uses
-    its first rows, and `SADCLTrainer` saves and restores it with each checkpoint (`memory_bank.safetensors`).
+    Only a training forward (`model.train()`, labels, objective `"sadcl"`) reads, resizes or writes it: it is
+    (re)started from the prototypes when a batch is larger than it, a smaller batch (the last of an epoch) uses its
+    first rows, and `SADCLTrainer` saves and restores it with each checkpoint (`memory_bank-rank{i}.safetensors`).
+    In eval mode the SSCL view that the bank would give is the prototypes (the bank's state before the first training
+    step), so evaluation never changes the bank and `eval_loss` depends neither on it nor on the batch size.
     """
 
     def __init__(self, config: SADCLConfig):
@@ -382,16 +522,24 @@ class SADCLForImageClassification(SADCLPreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> SADCLImageClassifierOutput | tuple:
         """pixel_values [B, 3, H, W]; labels (optional) multi-hot [B, K].
 
-        In training mode with labels, the memory bank is updated after the loss is computed (no gradient): rows where
-        the label is 1 and sigmoid(logit) > `config.memory_bank_threshold` take the new label-level feature.
+        SSCL contrasts the batch's projected label features with a second view [B, K, P] (eq. 12). In training mode
+        that view is the memory bank's first B rows, and the bank is updated after the loss is computed (no gradient):
+        rows where the label is 1 and sigmoid(logit) > `config.memory_bank_threshold` take the new label-level
+        feature. In eval mode the view is the prototypes repeated B times and the bank is left untouched.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.sadcl(pixel_values, output_attentions=output_attentions, return_dict=True)
+        outputs = self.sadcl(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
         label_features = outputs.label_features
         logits = self.classifier(label_features)
         projected = self.projector(label_features)
@@ -402,7 +550,11 @@ class SADCLForImageClassification(SADCLPreTrainedModel):
             if labels.shape != logits.shape:
                 raise ValueError(f"labels must be multi-hot of shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
             if self.config.objective == "sadcl":
-                bank = self.memory_bank_for_batch(logits.shape[0])
+                batch_size = logits.shape[0]
+                if self.training:
+                    bank = self.memory_bank_for_batch(batch_size)
+                else:
+                    bank = self.prototypes.detach().expand(batch_size, -1, -1)
                 result = self.criterion(
                     logits, labels, projected, self.projector(bank.to(projected.dtype)), self.projector(self.prototypes)
                 )
@@ -417,6 +569,7 @@ class SADCLForImageClassification(SADCLPreTrainedModel):
             logits=logits,
             label_features=label_features,
             projected_label_features=projected,
+            hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             asl_loss=asl,
             sscl_loss=sscl,
@@ -426,8 +579,8 @@ class SADCLForImageClassification(SADCLPreTrainedModel):
 
     @torch.no_grad()
     def memory_bank_for_batch(self, batch_size: int) -> torch.Tensor:
-        """The memory bank's first `batch_size` rows [B, K, D]; a bank smaller than the batch restarts from the
-        prototypes."""
+        """The memory bank's first `batch_size` rows [B, K, D] (training forward only); a bank smaller than the batch
+        restarts from the prototypes."""
         if self.memory_bank.shape[0] < batch_size:
             self.reset_memory_bank(batch_size)
         return self.memory_bank[:batch_size]

@@ -59,11 +59,11 @@ def test_forward_shapes_and_attention_maps(tiny_model):
     assert out.label_features.shape == (2, 5, 128)
     assert out.projected_label_features.shape == (2, 5, 128)
     assert out.loss is None
-    # stride 16 (output_stride) on 64 px -> a 4x4 grid; one map per decoder layer, a distribution over pixels
+    # stride 16 (output_stride) on 64 px -> a 4x4 grid; per decoder layer [B, heads, K, 16], a distribution over pixels
     assert len(out.attentions) == 2
     for attention in out.attentions:
-        assert attention.shape == (2, 5, 4, 4)
-        torch.testing.assert_close(attention.sum(dim=(-1, -2)), torch.ones(2, 5))
+        assert attention.shape == (2, 4, 5, 16)
+        torch.testing.assert_close(attention.sum(dim=-1), torch.ones(2, 4, 5))
     # logits are the group-wise linear layer applied to the label features (eq. 4)
     expected = (out.label_features * tiny_model.classifier.weight).sum(-1) + tiny_model.classifier.bias
     torch.testing.assert_close(out.logits, expected)
@@ -171,8 +171,7 @@ def test_any_timm_backbone(backbone, kwargs, image_size):
         out = model(torch.randn(1, 3, image_size, image_size), output_attentions=True)
     assert out.logits.shape == (1, 3)
     assert torch.isfinite(out.logits).all()
-    height, width = out.attentions[0].shape[-2:]
-    assert height == width == image_size // model.base_model.backbone.reduction
+    assert out.attentions[0].shape[-1] == (image_size // model.base_model.backbone.reduction) ** 2
 
 
 def test_save_and_load_round_trip(tiny_model_dir):
