@@ -115,12 +115,12 @@ class SADCLConfig(PreTrainedConfig):
     ]
 
     backbone: str = "resnet101.tv_in1k"
-    use_pretrained_backbone: bool = True
-    backbone_kwargs: dict | None = None
     use_timm_backbone: bool = True
     backbone_config: dict | PreTrainedConfig | None = None
     freeze_backbone_batch_norm: bool = True
     backbone_frozen_stages: int = 1
+    use_pretrained_backbone: bool = True
+    backbone_kwargs: dict | None = None
     backbone_layer_norm: bool = False
     image_size: int = 448
     hidden_dim: int = 2048
@@ -153,9 +153,6 @@ class SADCLConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.problem_type is None:
             self.problem_type = "multi_label_classification"
-        super().__post_init__(**kwargs)
-
-    def validate_architecture(self):
         if isinstance(self.backbone_config, dict):
             values = dict(self.backbone_config)
             if "model_type" not in values:
@@ -164,14 +161,14 @@ class SADCLConfig(PreTrainedConfig):
         """Checks the fields against each other; raises `ValueError` naming the field."""
         super().validate_architecture()
         if self.hidden_dim % self.num_attention_heads != 0:
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
             raise ValueError(
                 f"hidden_dim ({self.hidden_dim}) must be divisible by num_attention_heads ({self.num_attention_heads})"
             )
         if self.hidden_dim % 2 != 0:
             raise ValueError(f"hidden_dim ({self.hidden_dim}) must be even for the sine position encoding")
-        if self.objective not in ("sadcl", "asl"):
-            raise ValueError(f"objective must be 'sadcl' or 'asl', got {self.objective!r}")
-        if self.sscl_mode not in ("reference", "corrected"):
         if self.use_timm_backbone == (self.backbone_config is not None):
             raise ValueError(
                 "backbone_config must be given exactly when use_timm_backbone is False "
@@ -180,6 +177,9 @@ class SADCLConfig(PreTrainedConfig):
             raise ValueError(f"sscl_mode must be 'reference' or 'corrected', got {self.sscl_mode!r}")
         if self.thresholds is not None and len(self.thresholds) != self.num_labels:
             raise ValueError(
+        if self.objective not in ("sadcl", "asl"):
+            raise ValueError(f"objective must be 'sadcl' or 'asl', got {self.objective!r}")
+        if self.sscl_mode not in ("reference", "corrected"):
                 f"thresholds has {len(self.thresholds)} entries but the model has {self.num_labels} labels"
             )
         for name in ("image_mean", "image_std"):

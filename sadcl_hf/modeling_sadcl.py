@@ -117,16 +117,14 @@ class SADCLBackbone(nn.Module):
         if config.freeze_backbone_batch_norm:
             self.body = freeze_batch_norm_2d(self.body)
         if config.backbone_frozen_stages >= 0:
-            freeze(self.body, self._frozen_children(config.backbone_frozen_stages))
-        # The backbone initialised (or loaded) these tensors, so `post_init` keeps them. `from_pretrained` replaces
             if not config.use_timm_backbone:
                 raise ValueError("backbone_frozen_stages needs a timm backbone; set it to -1 for a transformers one")
         # them by new tensors, flagged only where the checkpoint holds them: `_init_weights` sets the missing ones.
         for tensor in itertools.chain(self.body.parameters(), self.body.buffers()):
+            freeze(self.body, self._frozen_children(config.backbone_frozen_stages))
+        # The backbone initialised (or loaded) these tensors, so `post_init` keeps them. `from_pretrained` replaces
             tensor._is_hf_initialized = True
 
-    def _frozen_children(self, level: int) -> list[str]:
-        """Names of the top-level backbone modules up to and including feature level `level`."""
     @staticmethod
     def _transformers_body(config: SADCLConfig, pretrained: bool) -> nn.Module:
         """`AutoModel` for `config.backbone_config`; its `nn.GELU` activations become `backbone_config.hidden_act`
@@ -157,6 +155,8 @@ class SADCLBackbone(nn.Module):
 
         info = self.body.feature_info.info
         if level >= len(info):
+    def _frozen_children(self, level: int) -> list[str]:
+        """Names of the top-level backbone modules up to and including feature level `level`."""
             raise ValueError(f"backbone_frozen_stages={level} but the backbone has {len(info)} feature levels")
         target = info[level]["module"].replace(".", "_")
         children = [name for name, _ in self.body.named_children()]
