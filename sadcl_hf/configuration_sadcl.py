@@ -117,11 +117,11 @@ class SADCLConfig(PreTrainedConfig):
     backbone: str = "resnet101.tv_in1k"
     use_timm_backbone: bool = True
     backbone_config: dict | PreTrainedConfig | None = None
-    freeze_backbone_batch_norm: bool = True
-    backbone_frozen_stages: int = 1
     use_pretrained_backbone: bool = True
     backbone_kwargs: dict | None = None
     backbone_layer_norm: bool = False
+    freeze_backbone_batch_norm: bool = True
+    backbone_frozen_stages: int = 1
     image_size: int = 448
     hidden_dim: int = 2048
     num_encoder_layers: int = 1
@@ -158,12 +158,12 @@ class SADCLConfig(PreTrainedConfig):
             if "model_type" not in values:
                 raise ValueError("backbone_config needs a 'model_type' entry (e.g. 'cvt')")
             self.backbone_config = AutoConfig.for_model(values.pop("model_type"), **values)
-        """Checks the fields against each other; raises `ValueError` naming the field."""
-        super().validate_architecture()
-        if self.hidden_dim % self.num_attention_heads != 0:
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
+        """Checks the fields against each other; raises `ValueError` naming the field."""
+        super().validate_architecture()
+        if self.hidden_dim % self.num_attention_heads != 0:
             raise ValueError(
                 f"hidden_dim ({self.hidden_dim}) must be divisible by num_attention_heads ({self.num_attention_heads})"
             )
@@ -174,12 +174,12 @@ class SADCLConfig(PreTrainedConfig):
                 "backbone_config must be given exactly when use_timm_backbone is False "
                 f"(use_timm_backbone={self.use_timm_backbone}, backbone_config={type(self.backbone_config).__name__})"
             )
-            raise ValueError(f"sscl_mode must be 'reference' or 'corrected', got {self.sscl_mode!r}")
-        if self.thresholds is not None and len(self.thresholds) != self.num_labels:
-            raise ValueError(
         if self.objective not in ("sadcl", "asl"):
             raise ValueError(f"objective must be 'sadcl' or 'asl', got {self.objective!r}")
         if self.sscl_mode not in ("reference", "corrected"):
+            raise ValueError(f"sscl_mode must be 'reference' or 'corrected', got {self.sscl_mode!r}")
+        if self.thresholds is not None and len(self.thresholds) != self.num_labels:
+            raise ValueError(
                 f"thresholds has {len(self.thresholds)} entries but the model has {self.num_labels} labels"
             )
         for name in ("image_mean", "image_std"):

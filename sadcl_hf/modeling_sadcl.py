@@ -119,10 +119,10 @@ class SADCLBackbone(nn.Module):
         if config.backbone_frozen_stages >= 0:
             if not config.use_timm_backbone:
                 raise ValueError("backbone_frozen_stages needs a timm backbone; set it to -1 for a transformers one")
-        # them by new tensors, flagged only where the checkpoint holds them: `_init_weights` sets the missing ones.
-        for tensor in itertools.chain(self.body.parameters(), self.body.buffers()):
             freeze(self.body, self._frozen_children(config.backbone_frozen_stages))
         # The backbone initialised (or loaded) these tensors, so `post_init` keeps them. `from_pretrained` replaces
+        # them by new tensors, flagged only where the checkpoint holds them: `_init_weights` sets the missing ones.
+        for tensor in itertools.chain(self.body.parameters(), self.body.buffers()):
             tensor._is_hf_initialized = True
 
     @staticmethod
@@ -153,10 +153,10 @@ class SADCLBackbone(nn.Module):
             )
         return int(widths[-1]), math.prod(getattr(backbone_config, "patch_stride", None) or (32,))
 
-        info = self.body.feature_info.info
-        if level >= len(info):
     def _frozen_children(self, level: int) -> list[str]:
         """Names of the top-level backbone modules up to and including feature level `level`."""
+        info = self.body.feature_info.info
+        if level >= len(info):
             raise ValueError(f"backbone_frozen_stages={level} but the backbone has {len(info)} feature levels")
         target = info[level]["module"].replace(".", "_")
         children = [name for name, _ in self.body.named_children()]
