@@ -1,6 +1,7 @@
 """Per-class decision thresholds: calibration on a validation split and threshold files.
 
-A multi-label model predicts class k when sigmoid(logit_k) >= t_k. The paper evaluates CP/CR/CF1/OP/OR/OF1 at
+A multi-label model predicts class k when sigmoid(logit_k) >= t_k ([`sadcl_hf.evaluation.predict_labels`], the rule
+the metrics and the pipeline share; a score equal to its threshold is predicted). The paper evaluates CP/CR/CF1/OP/OR/OF1 at
 t_k = 0.5; choosing t_k per class to maximise that class's F1 on held-out data usually raises CF1 and OF1 (mAP is
 threshold-free and does not change). The thresholds are stored in `config.thresholds`, which the
 `multi-label-image-classification` pipeline and `scripts/predict.py` apply. Calibrate on a validation split, never
@@ -20,15 +21,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .evaluation import multilabel_metrics, per_class_f1_thresholds
-from .pipeline import DEFAULT_THRESHOLD, check_label_names, has_placeholder_label_names, resolve_thresholds
+from .evaluation import (
+    DEFAULT_THRESHOLD,
+    metric_names,
+    metric_title,
+    multilabel_metrics,
+    per_class_f1_thresholds,
+    sigmoid,
+)
+from .pipeline import check_label_names, has_placeholder_label_names, resolve_thresholds
 
 __all__ = ["calibrate_thresholds", "format_calibration_report", "load_thresholds", "predict_scores"]
-
-_REPORT_METRICS = (
-    "map", "cp", "cr", "cf1", "op", "or", "of1", "cp_top3", "cr_top3", "cf1_top3", "op_top3", "or_top3", "of1_top3"
-)
-_METRIC_TITLES = {"map": "mAP", "cp": "CP", "cr": "CR", "cf1": "CF1", "op": "OP", "or": "OR", "of1": "OF1"}
 
 
 def load_thresholds(
@@ -129,21 +132,15 @@ def predict_scores(
     """Sigmoid scores [N, K] and multi-hot targets [N, K] of a multi-label dataset (`image`, `labels` columns).
 
     Images are preprocessed by `image_processor` (default: the one saved with every SADCL model,
-    [`image_processor_for_config`]) so the scores are the ones the pipeline would give. The model is moved to
+    [`image_processor_for_config`]; batched by [`eval_collator_for_config`]) and float32 logits go through the same float64 sigmoid as in the pipeline, so
+    the scores are the ones the pipeline would give. The model is moved to
     `device` (default: where it is) and scored in eval mode; its training mode is restored afterwards.
     """
     from tqdm.auto import tqdm
 
-    from .data import MultiLabelCollator
-    from .image_processing import image_processor_for_config
+    from .image_processing import eval_collator_for_config
 
-    if image_processor is None:
-        image_processor = image_processor_for_config(model.config)
-
-    def transform(image):
-        return image_processor(images=image, return_tensors="pt")["pixel_values"][0]
-
-    collator = MultiLabelCollator(model.config.num_labels, transform=transform)
+    collator = eval_collator_for_config(model.config, image_processor)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collator)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -152,13 +149,13 @@ def predict_scores(
     try:
         for batch in tqdm(loader, desc="Scoring", unit="batch", disable=not show_progress):
             logits = model(pixel_values=batch["pixel_values"].to(device, dtype=model.dtype)).logits
-            scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+            scores.append(sigmoid(logits.float().cpu().numpy().astype(np.float64)))
             targets.append(batch["labels"].numpy())
     finally:
         model.train(was_training)
     if not scores:
         raise ValueError("the calibration dataset is empty")
-    return np.concatenate(scores).astype(np.float64), np.concatenate(targets)
+    return np.concatenate(scores), np.concatenate(targets)
 
 
 def calibrate_thresholds(
@@ -211,12 +208,10 @@ def calibrate_thresholds(
 
 def format_calibration_report(report: dict[str, Any]) -> str:
     """The before/after metrics of [`calibrate_thresholds`] as a plain-text table (percent)."""
-    rows = [f"{'metric':<12}{'before':>10}{'after':>10}{'change':>10}"]
-    for key in _REPORT_METRICS:
+    rows = [f"{'metric':<18}{'before':>10}{'after':>10}{'change':>10}"]
+    for key in metric_names(top_k=3):
         if key not in report["before"]:
             continue
-        base, _, suffix = key.partition("_")
-        title = _METRIC_TITLES.get(base, base) + (f" (top-{suffix[3:]})" if suffix else "")
         before, after = report["before"][key], report["after"][key]
-        rows.append(f"{title:<12}{before:>10.2f}{after:>10.2f}{after - before:>+10.2f}")
+        rows.append(f"{metric_title(key):<18}{before:>10.2f}{after:>10.2f}{after - before:>+10.2f}")
     return "\n".join(rows)

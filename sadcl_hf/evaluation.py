@@ -4,6 +4,8 @@
   the VOC 2010+ devkit and Query2Label's ``voc_ap``), averaged over classes, in percent.
 * **CP, CR, CF1, OP, OR, OF1** — per-class (C) and overall (O) precision, recall and F1 at a score threshold
   (0.5 on probabilities), and the same for the top-3 predictions per image (ML-GCN's ``AveragePrecisionMeter``).
+* **CF1-mean** (``cf1_mean``) — the mean over classes of per-class F1, the CF1 of the official SADCL/Query2Label
+  helper ``overall()``, reported next to ML-GCN's CF1 (which the paper tables print).
 
 All results are in percent. Conventions that the released code leaves open are fixed here and documented where
 they apply:
@@ -20,15 +22,20 @@ they apply:
   replaced by 1, so the precision of a class with no predictions is 0; the same guard is applied to the number of
   ground-truth labels (recall of a class without positives is 0) and F1 is 0 when precision + recall is 0.
   Every result is finite.
+* **Decision rule.** A label is predicted when ``score >= threshold`` (:data:`THRESHOLD_COMPARISON`, applied by
+  :func:`predict_labels`): the metrics here, threshold calibration and the pipeline share it. The official helper
+  ``overall()`` uses ``score > threshold``; the two differ only for a score exactly equal to the threshold.
 * **Top-k.** As in ML-GCN's ``overall_topk``, a label is predicted in the top-k setting when it is among the
-  image's k highest scores *and* its score reaches the threshold (``score >= threshold``). Ties between classes
-  inside an image are broken towards the lower class index.
-* **CF1** is ML-GCN's ``2 * CP * CR / (CP + CR)``. (The unused helper in the official SADCL repository averages
-  per-class F1 instead and thresholds with ``>``; for continuous scores ``>`` and ``>=`` agree.)
+  image's k highest scores *and* its score reaches the threshold. Ties between classes inside an image are broken
+  towards the lower class index.
+* **CF1** is ML-GCN's ``2 * CP * CR / (CP + CR)`` (the F1 of the mean precision and mean recall); ``cf1_mean`` is
+  ``mean_k 2 * P_k * R_k / (P_k + R_k)`` (0 for a class without a true positive), as in the official ``overall()``.
 """
 
 from __future__ import annotations
 
+import operator
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,20 +44,49 @@ import numpy as np
 
 
 __all__ = [
+    "DEFAULT_THRESHOLD",
     "METRIC_PATH",
+    "METRIC_TITLES",
     "MultiLabelMetrics",
+    "THRESHOLD_COMPARISON",
     "average_precision",
     "compute_metrics",
     "load_metric",
     "mean_average_precision",
+    "metric_names",
+    "metric_title",
     "multilabel_metrics",
     "per_class_f1_thresholds",
+    "predict_labels",
+    "sigmoid",
+    "split_metric_name",
 ]
 
 METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "multilabel_map"
 """Directory of the ``evaluate`` metric module (``evaluate.load(str(METRIC_PATH))``)."""
 
-_DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = 0.5
+"""Decision threshold on sigmoid probabilities where none is given or calibrated (the paper's CP ... OF1 use it)."""
+
+THRESHOLD_COMPARISON = operator.ge
+"""The decision rule: class k is predicted when ``THRESHOLD_COMPARISON(score_k, threshold_k)``, i.e.
+``score >= threshold`` (ML-GCN's evaluation). :func:`predict_labels` applies it for the metrics, threshold calibration
+and the pipeline; :func:`per_class_f1_thresholds` returns scores as thresholds, so it relies on the ``>=``."""
+
+METRIC_TITLES = {
+    "map": "mAP",
+    "cp": "CP",
+    "cr": "CR",
+    "cf1": "CF1",
+    "cf1_mean": "CF1-mean",
+    "op": "OP",
+    "or": "OR",
+    "of1": "OF1",
+}
+"""Display title of every metric :func:`multilabel_metrics` reports (before any ``_top<k>`` suffix), in report
+order: ``map`` is threshold-free, the others count the predicted labels."""
+
+_TOP_K_SUFFIX = re.compile(r"^(?P<base>.+?)_top(?P<k>[1-9][0-9]*)$")
 
 
 def _to_numpy(array: Any, name: str) -> np.ndarray:
@@ -114,9 +150,38 @@ def _check_threshold(threshold: Any, num_classes: int) -> np.ndarray:
     return threshold
 
 
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function."""
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function (float64 logits -> probabilities of the same shape)."""
     return np.exp(-np.logaddexp(0.0, -logits))
+
+
+def predict_labels(scores: np.ndarray, thresholds: float | np.ndarray) -> np.ndarray:
+    """Boolean predictions of :data:`THRESHOLD_COMPARISON`: ``scores`` [..., K] against a scalar or [K] thresholds."""
+    return THRESHOLD_COMPARISON(scores, thresholds)
+
+
+def split_metric_name(name: str) -> tuple[str, int | None] | None:
+    """``"cf1_mean_top3"`` -> ``("cf1_mean", 3)``, ``"map"`` -> ``("map", None)``; ``None`` for an unknown name."""
+    match = _TOP_K_SUFFIX.match(name)
+    base, top_k = (match["base"], int(match["k"])) if match else (name, None)
+    if base not in METRIC_TITLES or (top_k is not None and base == "map"):
+        return None
+    return base, top_k
+
+
+def metric_title(name: str) -> str | None:
+    """Display title of a :func:`multilabel_metrics` key (``"cf1_top3"`` -> ``"CF1 (top-3)"``); ``None`` if unknown."""
+    parts = split_metric_name(name)
+    if parts is None:
+        return None
+    base, top_k = parts
+    return METRIC_TITLES[base] + (f" (top-{top_k})" if top_k is not None else "")
+
+
+def metric_names(top_k: int | None = 3) -> list[str]:
+    """The keys :func:`multilabel_metrics` returns for ``top_k``, in report order."""
+    thresholded = [name for name in METRIC_TITLES if name != "map"]
+    return ["map", *thresholded, *([f"{name}_top{top_k}" for name in thresholded] if top_k is not None else [])]
 
 
 def _sort_descending(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -184,7 +249,7 @@ def mean_average_precision(scores: Any, targets: Any) -> float:
 
 
 def _precision_recall_f1(predicted: np.ndarray, targets: np.ndarray, suffix: str = "") -> dict[str, float]:
-    """CP, CR, CF1, OP, OR, OF1 (percent) of boolean ``predicted`` [N, K] against boolean ``targets`` [N, K]."""
+    """CP, CR, CF1, CF1-mean, OP, OR, OF1 (percent) of boolean ``predicted`` [N, K] against boolean ``targets``."""
     num_correct = (predicted & targets).sum(axis=0).astype(np.float64)
     num_predicted = predicted.sum(axis=0).astype(np.float64)
     num_ground_truth = targets.sum(axis=0).astype(np.float64)
@@ -192,14 +257,17 @@ def _precision_recall_f1(predicted: np.ndarray, targets: np.ndarray, suffix: str
     def f1(precision: float, recall: float) -> float:
         return 2.0 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
 
-    per_class_precision = float(np.mean(num_correct / np.maximum(num_predicted, 1.0)))
-    per_class_recall = float(np.mean(num_correct / np.maximum(num_ground_truth, 1.0)))
+    class_precision = num_correct / np.maximum(num_predicted, 1.0)
+    class_recall = num_correct / np.maximum(num_ground_truth, 1.0)
+    per_class_precision = float(np.mean(class_precision))
+    per_class_recall = float(np.mean(class_recall))
     overall_precision = float(num_correct.sum() / max(num_predicted.sum(), 1.0))
     overall_recall = float(num_correct.sum() / max(num_ground_truth.sum(), 1.0))
     values = {
         "cp": per_class_precision,
         "cr": per_class_recall,
         "cf1": f1(per_class_precision, per_class_recall),
+        "cf1_mean": float(np.mean([f1(p, r) for p, r in zip(class_precision, class_recall)])),
         "op": overall_precision,
         "or": overall_recall,
         "of1": f1(overall_precision, overall_recall),
@@ -210,7 +278,7 @@ def _precision_recall_f1(predicted: np.ndarray, targets: np.ndarray, suffix: str
 def multilabel_metrics(
     scores: Any,
     targets: Any,
-    threshold: float | Sequence[float] | np.ndarray = _DEFAULT_THRESHOLD,
+    threshold: float | Sequence[float] | np.ndarray = DEFAULT_THRESHOLD,
     top_k: int | None = 3,
 ) -> dict[str, float]:
     """All SADCL evaluation metrics, in percent.
@@ -218,14 +286,15 @@ def multilabel_metrics(
     Args:
         scores: [N, K] probabilities (after the sigmoid).
         targets: [N, K] 0/1 multi-hot ground truth.
-        threshold: a label is predicted when its probability is ``>= threshold``; a scalar or one value per class
-            ([K]).
+        threshold: a label is predicted when its probability is ``>= threshold`` (:func:`predict_labels`); a scalar
+            or one value per class ([K]).
         top_k: also report the metrics for the top-k predictions per image (labels among the image's ``top_k``
             highest scores that also reach the threshold), under the names ``<metric>_top<k>``; ``None`` skips them.
 
     Returns:
-        ``{"map", "cp", "cr", "cf1", "op", "or", "of1"}`` and, for ``top_k=3``, ``cp_top3`` ... ``of1_top3``.
-        See the module docstring for ties, classes without positives and empty denominators.
+        The keys of :func:`metric_names` for ``top_k``: ``map, cp, cr, cf1, cf1_mean, op, or, of1`` and, for
+        ``top_k=3``, ``cp_top3`` ... ``of1_top3``. See the module docstring for the CF1 definitions, ties, classes
+        without positives and empty denominators.
     """
     scores, targets = _check_scores_targets(scores, targets)
     _check_probabilities(scores)
@@ -234,7 +303,7 @@ def multilabel_metrics(
         raise ValueError(f"`top_k` must be a positive integer or None, got {top_k!r}")
 
     results = {"map": mean_average_precision(scores, targets)}
-    predicted = scores >= threshold
+    predicted = predict_labels(scores, threshold)
     results.update(_precision_recall_f1(predicted, targets))
     if top_k is not None:
         top_indices = np.argsort(-scores, axis=1, kind="stable")[:, : min(int(top_k), scores.shape[1])]
@@ -248,11 +317,12 @@ def per_class_f1_thresholds(
     scores: Any,
     targets: Any,
     candidates: Sequence[float] | np.ndarray | None = None,
-    default_threshold: float = _DEFAULT_THRESHOLD,
+    default_threshold: float = DEFAULT_THRESHOLD,
 ) -> np.ndarray:
     """Per class, the threshold that maximises the class's F1 on the given data (for threshold calibration).
 
-    A class predicts the samples whose score is ``>= threshold``, so F1 = 2 TP / (#predicted + #positives).
+    A class predicts the samples whose score is ``>= threshold`` (:func:`predict_labels`), so
+    F1 = 2 TP / (#predicted + #positives).
 
     Args:
         scores: [N, K] scores (probabilities, to be used with :func:`multilabel_metrics`).
@@ -264,7 +334,7 @@ def per_class_f1_thresholds(
 
     Returns:
         [K] float64 thresholds. When several thresholds reach the best F1, the highest one (fewest predictions)
-        is returned. Applied with ``scores >= thresholds``, they reproduce each class's best F1 on this data.
+        is returned. Applied with :func:`predict_labels`, they reproduce each class's best F1 on this data.
     """
     scores, targets = _check_scores_targets(scores, targets)
     num_samples, num_classes = scores.shape
@@ -331,7 +401,7 @@ class MultiLabelMetrics:
     :func:`multilabel_metrics`.
     """
 
-    def __init__(self, threshold: float | Sequence[float] | np.ndarray = _DEFAULT_THRESHOLD, top_k: int | None = 3):
+    def __init__(self, threshold: float | Sequence[float] | np.ndarray = DEFAULT_THRESHOLD, top_k: int | None = 3):
         threshold = _to_numpy(threshold, "threshold").astype(np.float64)
         if threshold.ndim > 1 or np.isnan(threshold).any():
             raise ValueError(
@@ -344,7 +414,7 @@ class MultiLabelMetrics:
         logits, label_ids = _unpack_eval_prediction(eval_pred)
         if logits.ndim != 2:
             raise ValueError(f"`eval_pred.predictions` must be logits of shape [N, K], got shape {tuple(logits.shape)}")
-        probabilities = _sigmoid(logits.astype(np.float64))
+        probabilities = sigmoid(logits.astype(np.float64))
         return multilabel_metrics(probabilities, label_ids, threshold=self.threshold, top_k=self.top_k)
 
     def __repr__(self) -> str:

@@ -263,12 +263,12 @@ def compare_onnx_models(
     """mAP (percent) of two ONNX classifiers on the same data, the change (`map_change`, candidate - reference,
     points), the largest probability difference and the share of (image, class) tag decisions they agree on at
     `thresholds` ([K] or one number)."""
-    from .evaluation import mean_average_precision
+    from .evaluation import mean_average_precision, predict_labels, sigmoid
 
     logits = [onnx_logits(path, batches) for path in (reference, candidate)]
-    probabilities = [1.0 / (1.0 + np.exp(-value.astype(np.float64))) for value in logits]
+    probabilities = [sigmoid(value.astype(np.float64)) for value in logits]
     reference_map, candidate_map = (mean_average_precision(value, targets) for value in probabilities)
-    tags = [value >= thresholds for value in probabilities]
+    tags = [predict_labels(value, thresholds) for value in probabilities]
     return {
         "reference_map": reference_map,
         "candidate_map": candidate_map,

@@ -11,7 +11,9 @@
 
 The decision threshold of a label is, in order of precedence: the `threshold=` argument of the call (or of the
 constructor), a number or one value per class; the per-class thresholds calibrated into `model.config.thresholds`
-(see [`sadcl_hf.calibrate_thresholds`]); 0.5. `threshold=0.0` returns every label with its score.
+(see [`sadcl_hf.calibrate_thresholds`]); 0.5. A label is returned when its score is `>=` its threshold
+([`sadcl_hf.evaluation.predict_labels`], the rule the metrics and calibration use), so `threshold=0.0` returns every
+label with its score.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from transformers import AutoModelForImageClassification, ImageClassificationPip
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .data.images import ImageLoadError, load_image
+from .evaluation import DEFAULT_THRESHOLD, predict_labels, sigmoid
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -43,7 +46,6 @@ __all__ = [
 ]
 
 MULTI_LABEL_TASK = "multi-label-image-classification"
-DEFAULT_THRESHOLD = 0.5
 
 
 def has_placeholder_label_names(config) -> bool:
@@ -213,9 +215,9 @@ class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
 
     def postprocess(self, model_outputs, threshold=None, top_k=None):
         logits = model_outputs["logits"][0].float().numpy().astype(np.float64)
-        scores = np.exp(-np.logaddexp(0.0, -logits))
+        scores = sigmoid(logits)
         thresholds = self.decision_thresholds(threshold)
-        selected = np.flatnonzero(scores >= thresholds)
+        selected = np.flatnonzero(predict_labels(scores, thresholds))
         ranked = selected[np.argsort(-scores[selected], kind="stable")]
         if top_k is not None:
             ranked = ranked[:top_k]

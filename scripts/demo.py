@@ -27,25 +27,12 @@ from sadcl_hf import calibrate_thresholds
 from sadcl_hf.attention_maps import save_attention_maps
 from sadcl_hf.calibration import format_calibration_report
 from sadcl_hf.data import label_names, load_multilabel_dataset
+from sadcl_hf.evaluation import metric_names
 from sadcl_hf.model_card import save_model_card
 from sadcl_hf.training import parse_arguments, read_config_file, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = (
-    "map",
-    "cp",
-    "cr",
-    "cf1",
-    "op",
-    "or",
-    "of1",
-    "cp_top3",
-    "cr_top3",
-    "cf1_top3",
-    "op_top3",
-    "or_top3",
-    "of1_top3",
-)
+METRICS = metric_names(top_k=3)
 
 
 def _banner(text: str) -> None:
@@ -66,10 +53,10 @@ def _stage(output_dir: Path, config: Path, dataset_options: dict, extra: list[st
 
 def _table(results: dict[str, dict]) -> str:
     columns = [(stage, weights) for stage in results for weights in ("ema", "raw")]
-    header = f"{'metric (%)':<12}" + "".join(f"{f'{stage} {weights}':>17}" for stage, weights in columns)
+    header = f"{'metric (%)':<14}" + "".join(f"{f'{stage} {weights}':>17}" for stage, weights in columns)
     rows = [header, "-" * len(header)]
     for key in METRICS:
-        rows.append(f"{key:<12}" + "".join(f"{results[stage][weights][key]:>17.2f}" for stage, weights in columns))
+        rows.append(f"{key:<14}" + "".join(f"{results[stage][weights][key]:>17.2f}" for stage, weights in columns))
     return "\n".join(rows)
 
 

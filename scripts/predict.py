@@ -36,6 +36,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from sadcl_hf import MultiLabelImageClassificationPipeline, load_thresholds
 from sadcl_hf.attention_maps import save_attention_maps
 from sadcl_hf.data import ImageLoadError
+from sadcl_hf.evaluation import predict_labels
 from sadcl_hf.onnx_runtime import ONNX_BACKENDS, SADCLOnnxModel
 from sadcl_hf.pipeline import load_pipeline_image
 
@@ -171,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                 for position, prediction in zip(readable, predictions):
                     scores = {item["label"]: item["score"] for item in prediction}
                     records[position]["labels"] = [
-                        item["label"] for item in prediction if item["score"] >= decision_thresholds[item["label"]]
+                        item["label"]
+                        for item in prediction
+                        if predict_labels(item["score"], decision_thresholds[item["label"]])
                     ]
                     records[position]["scores"] = {name: round(scores[name], 6) for name in label_names}
                 if args.attention_maps:

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import datasets
@@ -13,8 +14,18 @@ import torch
 from transformers import AutoConfig, pipeline
 
 from sadcl_hf import MULTI_LABEL_TASK, calibrate_thresholds, load_thresholds
+from sadcl_hf.calibration import format_calibration_report, predict_scores
 from sadcl_hf.data.common import multilabel_features
-from sadcl_hf.evaluation import multilabel_metrics, per_class_f1_thresholds
+from sadcl_hf.evaluation import (
+    DEFAULT_THRESHOLD,
+    MultiLabelMetrics,
+    metric_names,
+    metric_title,
+    multilabel_metrics,
+    per_class_f1_thresholds,
+    predict_labels,
+    sigmoid,
+)
 from sadcl_hf.image_processing import image_processor_for_config
 
 from .conftest import make_tiny_model
@@ -27,9 +38,11 @@ def random_image(seed: int) -> PIL.Image.Image:
     return PIL.Image.fromarray(np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8))
 
 
-def labelled_dataset(num_images: int = 24, names=LABELS) -> datasets.Dataset:
-    rng = np.random.default_rng(0)
-    labels = [sorted(rng.choice(len(names), size=rng.integers(1, 3), replace=False)) for _ in range(num_images)]
+def labelled_dataset(num_images: int = 24, names=LABELS, labels=None) -> datasets.Dataset:
+    """Random images with random label sets (1 or 2 classes), or with the given `labels` (class-id lists)."""
+    if labels is None:
+        rng = np.random.default_rng(0)
+        labels = [sorted(rng.choice(len(names), size=rng.integers(1, 3), replace=False)) for _ in range(num_images)]
     labels = [[int(i) for i in ids] for ids in labels]
     images = [random_image(seed) for seed in range(num_images)]
     return datasets.Dataset.from_dict({"image": images, "labels": labels}, features=multilabel_features(names))
@@ -71,12 +84,13 @@ def test_bad_threshold_files_are_rejected_naming_the_file(tmp_path, content, mes
 def test_calibration_maximises_per_class_f1_and_reports_before_and_after():
     model = make_tiny_model(seed=4).eval()
     dataset = labelled_dataset()
-    report = calibrate_thresholds(model, dataset, batch_size=10)
+    # one batch, like the reference forward below: float32 logits can differ in the last bit between batch sizes
+    report = calibrate_thresholds(model, dataset, batch_size=24)
 
     processor = image_processor_for_config(model.config)
     pixel_values = processor(images=list(dataset["image"]), return_tensors="pt")["pixel_values"]
-    with torch.no_grad():
-        scores = torch.sigmoid(model(pixel_values).logits).double().numpy()
+    with torch.no_grad():  # the pipeline's scores: float64 sigmoid of the float32 logits
+        scores = sigmoid(model(pixel_values).logits.numpy().astype(np.float64))
     targets = np.zeros_like(scores)
     for row, ids in enumerate(dataset["labels"]):
         targets[row, ids] = 1
@@ -92,8 +106,59 @@ def test_calibration_maximises_per_class_f1_and_reports_before_and_after():
     assert report["after"]["map"] == pytest.approx(report["before"]["map"])
 
     # a second calibration reports the first one's thresholds as "before"
-    again = calibrate_thresholds(model, dataset, batch_size=24)
+    again = calibrate_thresholds(model, dataset, batch_size=10)
     np.testing.assert_allclose(again["thresholds_before"], thresholds)
+
+
+def test_report_lists_every_metric_with_its_title():
+    model = make_tiny_model(seed=4).eval()
+    report = format_calibration_report(calibrate_thresholds(model, labelled_dataset(8), batch_size=8))
+    rows = report.splitlines()[1:]
+    assert [row[:18].strip() for row in rows] == [metric_title(name) for name in metric_names(top_k=3)]
+    assert "CF1-mean (top-3)" in report
+
+
+def test_pipeline_metrics_and_calibration_agree_at_a_score_equal_to_the_threshold():
+    """All three apply `predict_labels` (score >= threshold): a score exactly at its threshold is a prediction."""
+    model = make_tiny_model(seed=5).eval()
+    with torch.no_grad():  # class 0 scores sigmoid(0) = 0.5 = the default threshold on every image
+        model.classifier.weight[0] = 0.0
+        model.classifier.bias[0] = 0.0
+    processor = image_processor_for_config(model.config)
+    tagger = pipeline(MULTI_LABEL_TASK, model=model, image_processor=processor, device="cpu")
+    images = [random_image(seed) for seed in range(10)]
+
+    # Calibration's scores are the pipeline's (float64 sigmoid of the float32 logits), batch by batch.
+    scores, _ = predict_scores(model, labelled_dataset(10), batch_size=1)
+    assert (scores[:, 0] == DEFAULT_THRESHOLD).all()
+    predicted = predict_labels(scores, DEFAULT_THRESHOLD)
+    assert predicted[:, 0].all() and not predicted.all()
+    for row, output in zip(predicted, tagger(images)):
+        assert sorted(item["label"] for item in output) == [LABELS[k] for k in np.flatnonzero(row)]
+
+    # The metrics count the same predictions: against them as ground truth, overall precision and recall are 100.
+    targets = predicted.astype(np.int64)
+    with torch.no_grad():  # one image per forward, like the scores above
+        logits = np.concatenate(
+            [model(processor(images=image, return_tensors="pt")["pixel_values"]).logits.numpy() for image in images]
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # classes that no image predicts are left out of the mAP
+        from_scores = multilabel_metrics(scores, targets, top_k=None)
+        from_logits = MultiLabelMetrics(top_k=None)((logits, targets))
+    for results in (from_scores, from_logits):
+        assert (results["op"], results["or"]) == (100.0, 100.0)
+
+    # Calibrated thresholds are scores of the data, so they count those scores as predicted: calibrating on
+    # these labels reproduces them exactly (class 0 keeps 0.5), in the report and in the pipeline.
+    dataset = labelled_dataset(10, labels=[np.flatnonzero(row) for row in predicted])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        report = calibrate_thresholds(model, dataset, batch_size=1)
+    assert model.config.thresholds[0] == DEFAULT_THRESHOLD
+    assert (report["after"]["op"], report["after"]["or"]) == (100.0, 100.0)
+    for row, output in zip(predicted, tagger(images)):  # the pipeline now applies config.thresholds
+        assert sorted(item["label"] for item in output) == [LABELS[k] for k in np.flatnonzero(row)]
 
 
 def test_calibration_rejects_data_with_other_classes():

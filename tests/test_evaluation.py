@@ -13,18 +13,23 @@ from sklearn.metrics import f1_score, precision_recall_curve
 from transformers import EvalPrediction
 
 from sadcl_hf.evaluation import (
+    DEFAULT_THRESHOLD,
     METRIC_PATH,
     MultiLabelMetrics,
     average_precision,
     compute_metrics,
     mean_average_precision,
+    metric_names,
+    metric_title,
     multilabel_metrics,
     per_class_f1_thresholds,
+    predict_labels,
+    sigmoid,
 )
 
 
-METRIC_NAMES = ["map", "cp", "cr", "cf1", "op", "or", "of1"] + [
-    f"{name}_top3" for name in ["cp", "cr", "cf1", "op", "or", "of1"]
+METRIC_NAMES = ["map", "cp", "cr", "cf1", "cf1_mean", "op", "or", "of1"] + [
+    f"{name}_top3" for name in ["cp", "cr", "cf1", "cf1_mean", "op", "or", "of1"]
 ]
 
 
@@ -95,6 +100,27 @@ def _ml_gcn_metrics(scores, targets, threshold, top_k):
     results = dict(zip(names, evaluation(scores >= threshold)))
     results.update(zip([f"{name}_top{top_k}" for name in names], evaluation(predicted_top_k)))
     return results
+
+
+def _official_overall(scores, targets, threshold, top_k=None):
+    """The official SADCL/Query2Label ``overall()`` / ``overall_topk()`` definitions, class by class: strict
+    ``score > threshold`` (after zeroing all but each image's top-k scores), per-class P, R and F1 set to 0 for a
+    class without a true positive, CP/CR/CF1 their means over classes; percent."""
+    scores = scores.copy()
+    if top_k is not None:
+        for row in scores:
+            row[np.argsort(-row, kind="stable")[top_k:]] = 0.0
+    predicted = scores > threshold
+    precisions, recalls, f1s = [], [], []
+    for k in range(scores.shape[1]):
+        tp = np.sum(predicted[:, k] & (targets[:, k] == 1))
+        fp = np.sum(predicted[:, k] & (targets[:, k] == 0))
+        fn = np.sum(~predicted[:, k] & (targets[:, k] == 1))
+        p, r = (tp / (tp + fp), tp / (tp + fn)) if tp > 0 else (0.0, 0.0)
+        precisions.append(100 * p)
+        recalls.append(100 * r)
+        f1s.append(2 * 100 * p * r / (p + r) if tp > 0 else 0.0)
+    return {"cp": np.mean(precisions), "cr": np.mean(recalls), "cf1_mean": np.mean(f1s)}
 
 
 # --- average precision -------------------------------------------------------------------------------------------
@@ -177,10 +203,12 @@ def test_multilabel_metrics_hand_computed():
     # Top-3: c0 becomes 1/1/2.
     cp3, cr3 = (1 + 2 / 3 + 1 / 3 + 0) / 4, (1 / 2 + 1 + 1 + 0) / 4
     op3, orec3 = 4 / 8, 4 / 6
+    # Per-class F1: c0 1, c1 2*(2/3)/(2/3+1) = 0.8, c2 2*(1/3)/(1/3+1) = 0.5, c3 0; top-3: c0 2*(1/2)/(3/2) = 2/3.
     expected = {
-        "cp": cp, "cr": cr, "cf1": 2 * cp * cr / (cp + cr),
+        "cp": cp, "cr": cr, "cf1": 2 * cp * cr / (cp + cr), "cf1_mean": (1 + 0.8 + 0.5 + 0) / 4,
         "op": op, "or": orec, "of1": 2 * op * orec / (op + orec),
         "cp_top3": cp3, "cr_top3": cr3, "cf1_top3": 2 * cp3 * cr3 / (cp3 + cr3),
+        "cf1_mean_top3": (2 / 3 + 0.8 + 0.5 + 0) / 4,
         "op_top3": op3, "or_top3": orec3, "of1_top3": 2 * op3 * orec3 / (op3 + orec3),
     }  # fmt: skip
     for name, value in expected.items():
@@ -234,7 +262,48 @@ def test_top_k_ties_between_classes_prefer_lower_class_index():
 
 def test_top_k_names_follow_k_and_none_skips_them():
     assert "of1_top5" in multilabel_metrics(HAND_SCORES, HAND_TARGETS, top_k=5)
-    assert sorted(multilabel_metrics(HAND_SCORES, HAND_TARGETS, top_k=None)) == sorted(METRIC_NAMES[:7])
+    assert sorted(multilabel_metrics(HAND_SCORES, HAND_TARGETS, top_k=None)) == sorted(METRIC_NAMES[:8])
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3, 0.72])
+def test_cf1_mean_is_the_official_per_class_mean_f1(threshold):
+    scores, targets = _random_problem(11, num_samples=90, num_classes=8)
+    targets[:, 6] = 0  # a class without positives counts with F1 0 in the official mean
+    assert not np.any(scores == threshold)  # continuous scores: strict and inclusive comparisons agree
+    with pytest.warns(UserWarning, match="left out of the mAP"):
+        results = multilabel_metrics(scores, targets, threshold=threshold)
+    for top_k, suffix in ((None, ""), (3, "_top3")):
+        official = _official_overall(scores, targets, threshold, top_k=top_k)
+        for name, value in official.items():
+            assert results[name + suffix] == pytest.approx(value, abs=1e-10), name + suffix
+    assert results["cf1_mean"] != pytest.approx(results["cf1"], abs=1e-3)  # the two CF1 definitions differ
+
+
+def test_a_score_equal_to_the_threshold_is_predicted():
+    """The one documented rule (score >= threshold); the official overall() would not predict it."""
+    np.testing.assert_array_equal(predict_labels(np.array([0.4, 0.5, 0.6]), 0.5), [False, True, True])
+    np.testing.assert_array_equal(
+        predict_labels(np.array([[0.3, 0.7], [0.2, 0.9]]), np.array([0.3, 0.8])), [[True, False], [False, True]]
+    )
+    scores = np.array([[0.5, 0.2], [0.9, 0.5]])
+    targets = np.array([[1, 0], [1, 1]])
+    results = multilabel_metrics(scores, targets, threshold=0.5, top_k=None)
+    assert results["op"] == results["or"] == results["cf1_mean"] == 100.0
+    # strictly above 0.5: class 0 predicts one of its two positives (F1 2/3), class 1 nothing (F1 0)
+    assert _official_overall(scores, targets, 0.5)["cf1_mean"] == pytest.approx(100 * (2 / 3 + 0) / 2)
+    assert sigmoid(np.zeros(2)).tolist() == [DEFAULT_THRESHOLD, DEFAULT_THRESHOLD]
+
+
+def test_metric_names_and_titles():
+    assert metric_names() == METRIC_NAMES
+    assert metric_names(top_k=None) == METRIC_NAMES[:8]
+    assert sorted(multilabel_metrics(HAND_SCORES, HAND_TARGETS, top_k=5)) == sorted(metric_names(top_k=5))
+    titles = {name: metric_title(name) for name in ("map", "cf1", "cf1_mean", "of1_top3", "cf1_mean_top3")}
+    assert titles == {
+        "map": "mAP", "cf1": "CF1", "cf1_mean": "CF1-mean", "of1_top3": "OF1 (top-3)",
+        "cf1_mean_top3": "CF1-mean (top-3)",
+    }  # fmt: skip
+    assert [metric_title(name) for name in ("loss", "map_top3", "cf1_top0", "cf2")] == [None] * 4
 
 
 # --- per-class F1 thresholds -------------------------------------------------------------------------------------
@@ -255,7 +324,7 @@ def test_per_class_f1_thresholds_match_sklearn(decimals):
     for k in range(5):
         expected_threshold, best_f1 = _sklearn_best_f1_threshold(scores[:, k], targets[:, k])
         assert thresholds[k] == expected_threshold
-        assert f1_score(targets[:, k], scores[:, k] >= thresholds[k]) == pytest.approx(best_f1)
+        assert f1_score(targets[:, k], predict_labels(scores[:, k], thresholds[k])) == pytest.approx(best_f1)
     assert thresholds[5] == 0.5  # no positive -> default
 
 

@@ -10,7 +10,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from sadcl_hf.evaluation import _sigmoid, average_precision, multilabel_metrics
+from sadcl_hf.evaluation import DEFAULT_THRESHOLD, average_precision, multilabel_metrics, sigmoid
 
 
 __all__ = ["MultilabelMAP"]
@@ -30,8 +30,10 @@ _CITATION = """\
 _DESCRIPTION = """\
 Multi-label classification metrics, in percent: mAP (per class VOC average precision with the precision envelope,
 all-point interpolation, averaged over the classes that have a positive), and per-class (CP, CR, CF1) and overall
-(OP, OR, OF1) precision, recall and F1 at a probability threshold, plus the same for the top-k predictions per image
-(a label counts as predicted when it is among the image's k highest scores and reaches the threshold).
+(OP, OR, OF1) precision, recall and F1 at a probability threshold (a label is predicted when its score is >= the
+threshold), plus the same for the top-k predictions per image (a label counts as predicted when it is among the
+image's k highest scores and reaches the threshold). CF1 is ML-GCN's F1 of CP and CR; CF1-mean (`cf1_mean`) is the mean
+of per-class F1, the CF1 of the official SADCL/Query2Label `overall()` helper.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -44,7 +46,7 @@ Args:
     from_logits: apply a sigmoid to `predictions` first (default False).
     return_per_class_ap: also return "per_class_ap", a list of K APs in percent (NaN for classes without a positive).
 Returns:
-    map, cp, cr, cf1, op, or, of1 and cp_top3, cr_top3, cf1_top3, op_top3, or_top3, of1_top3 (for top_k=3), in percent.
+    map, cp, cr, cf1, cf1_mean, op, or, of1 and cp_top3 ... of1_top3 (the same with _top3, for top_k=3), in percent.
 Examples:
     >>> from sadcl_hf.evaluation import load_metric
     >>> metric = load_metric()
@@ -56,7 +58,7 @@ Examples:
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class MultilabelMAP(evaluate.Metric):
-    """mAP and CP/CR/CF1/OP/OR/OF1 (threshold and top-k) for multi-label classification."""
+    """mAP and CP/CR/CF1/CF1-mean/OP/OR/OF1 (threshold and top-k) for multi-label classification."""
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
@@ -76,7 +78,7 @@ class MultilabelMAP(evaluate.Metric):
         self,
         predictions,
         references,
-        threshold=0.5,
+        threshold=DEFAULT_THRESHOLD,
         top_k=3,
         from_logits=False,
         return_per_class_ap=False,
@@ -90,7 +92,7 @@ class MultilabelMAP(evaluate.Metric):
         scores = np.asarray(predictions, dtype=np.float64)
         targets = np.asarray(references)
         if from_logits:
-            scores = _sigmoid(scores)
+            scores = sigmoid(scores)
         results = multilabel_metrics(scores, targets, threshold=threshold, top_k=top_k)
         if return_per_class_ap:
             results["per_class_ap"] = (average_precision(scores, targets) * 100.0).tolist()
