@@ -19,6 +19,7 @@ import timm
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .data.loading import dataset_info
+from .evaluation import METRIC_TITLES, metric_title, split_metric_name
 from .pipeline import MULTI_LABEL_TASK, check_label_names
 
 __all__ = [
@@ -30,7 +31,6 @@ __all__ = [
 
 MODEL_CARD_TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "model_card.md"
 
-_METRIC_TITLES = {"map": "mAP", "cp": "CP", "cr": "CR", "cf1": "CF1", "op": "OP", "or": "OR", "of1": "OF1"}
 _METRIC_PREFIXES = ("eval_", "test_", "validation_", "val_")
 _TRAINING_ARGUMENT_KEYS = (
     "learning_rate",
@@ -67,13 +67,6 @@ def _dataset_display_name(dataset_name: str) -> str:
         return dataset_name
 
 
-def _metric_title(key: str) -> str | None:
-    base, _, suffix = key.partition("_")
-    if base not in _METRIC_TITLES or suffix not in ("", *(f"top{k}" for k in range(1, 10))):
-        return None
-    return _METRIC_TITLES[base] + (f" (top-{suffix[3:]})" if suffix else "")
-
-
 def _normalise_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """{"map": 84.1, "cf1_top3": ...}: known metric keys (Trainer prefixes like `eval_` removed), in percent."""
     normalised = {}
@@ -83,14 +76,19 @@ def _normalise_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
             if name.startswith(prefix):
                 name = name[len(prefix) :]
                 break
-        if _metric_title(name) is None or isinstance(value, bool):
+        if split_metric_name(name) is None or isinstance(value, bool):
             continue
         try:
             normalised[name] = float(value)
         except (TypeError, ValueError) as error:
             raise ValueError(f"metric {key!r} must be a number, got {value!r}") from error
-    order = list(_METRIC_TITLES)
-    return dict(sorted(normalised.items(), key=lambda item: (order.index(item[0].partition("_")[0]), item[0])))
+    order = list(METRIC_TITLES)
+
+    def report_position(name: str) -> tuple[int, int]:
+        base, top_k = split_metric_name(name)
+        return order.index(base), top_k or 0
+
+    return dict(sorted(normalised.items(), key=lambda item: report_position(item[0])))
 
 
 def _training_hyperparameters(training_args: Any) -> list[tuple[str, str]]:
@@ -183,7 +181,7 @@ def create_model_card(
             dataset_name=dataset_display,
             dataset_split=eval_split,
             metric_type=name,
-            metric_name=_metric_title(name),
+            metric_name=metric_title(name),
             metric_value=round(value, 2),
         )
         for name, value in metrics.items()
@@ -244,7 +242,7 @@ def create_model_card(
         dataset_display=dataset_display,
         train_split=train_split,
         eval_description=eval_description,
-        metrics_rows=[(_metric_title(name), f"{value:.2f}") for name, value in metrics.items()],
+        metrics_rows=[(metric_title(name), f"{value:.2f}") for name, value in metrics.items()],
         hyperparameters=_training_hyperparameters(training_args),
         framework_versions=_framework_versions(),
     )
