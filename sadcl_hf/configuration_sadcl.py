@@ -95,6 +95,8 @@ class SADCLConfig(PreTrainedConfig):
             exceeds it.
         prototype_threshold (`float`): confidence a positive needs to contribute to a class prototype.
         thresholds (`list[float]`, *optional*): per-class decision thresholds (calibrated); `None` means 0.5 everywhere.
+        training_summary (`dict`, *optional*): what the training run recorded for the model card (dataset, splits,
+            stage, hyper-parameters, evaluation metrics); written by `sadcl_hf.model_card.record_training_summary`.
     """
 
     model_type = "sadcl"
@@ -148,6 +150,7 @@ class SADCLConfig(PreTrainedConfig):
     memory_bank_threshold: float = 0.8
     prototype_threshold: float = 0.85
     thresholds: list[float] | None = None
+    training_summary: dict | None = None
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):

@@ -26,6 +26,7 @@ __all__ = [
     "MODEL_CARD_TEMPLATE_PATH",
     "add_onnx_results_to_model_card",
     "create_model_card",
+    "record_training_summary",
     "save_model_card",
 ]
 
@@ -127,6 +128,52 @@ def _default_model_id(config, dataset_name: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(part for part in parts if part))
 
 
+_SUMMARY_KEYS = ("dataset_name", "dataset_id", "train_split", "eval_split", "stage", "metrics", "hyperparameters")
+
+
+def record_training_summary(
+    model_or_config,
+    metrics: Mapping[str, Any] | None,
+    dataset_name: str,
+    *,
+    training_args: Mapping[str, Any] | Any | None = None,
+    stage: str | None = None,
+    train_split: str | None = None,
+    eval_split: str | None = None,
+    dataset_id: str | None = None,
+) -> dict[str, Any]:
+    """Records what a training run produced in `config.training_summary` (saved with config.json), so that every
+    card made from the model later ([`create_model_card`], `model.push_to_hub`, `SADCLTrainer.push_to_hub`,
+    `scripts/push_to_hub.py`) shows it, the metrics as the `model-index`.
+
+    The arguments are [`create_model_card`]'s; `metrics` are those of the weights being saved. Returns the summary.
+    """
+    if not dataset_name:
+        raise ValueError("record_training_summary needs dataset_name, the dataset the metrics were measured on")
+    config = getattr(model_or_config, "config", model_or_config)
+    summary = {
+        "dataset_name": dataset_name,
+        "dataset_id": dataset_id,
+        "train_split": train_split,
+        "eval_split": eval_split,
+        "stage": stage,
+        "metrics": _normalise_metrics(metrics or {}),
+        "hyperparameters": dict(_training_hyperparameters(training_args)),
+    }
+    config.training_summary = {key: value for key, value in summary.items() if value not in (None, {})}
+    return config.training_summary
+
+
+def _recorded_summary(config) -> dict[str, Any]:
+    summary = getattr(config, "training_summary", None) or {}
+    if not isinstance(summary, Mapping) or set(summary) - set(_SUMMARY_KEYS):
+        raise ValueError(
+            f"config.training_summary must be a mapping with keys among {_SUMMARY_KEYS}, got {summary!r} "
+            "(written by sadcl_hf.model_card.record_training_summary)"
+        )
+    return dict(summary)
+
+
 def create_model_card(
     model_or_config,
     metrics: Mapping[str, Any] | None = None,
@@ -142,6 +189,9 @@ def create_model_card(
     tags: list[str] | None = None,
 ) -> ModelCard:
     """Builds the model card of a SADCL checkpoint.
+
+    Every argument from `metrics` to `train_split` left out is taken from what the model recorded
+    (`config.training_summary`, see [`record_training_summary`]).
 
     Args:
         model_or_config: a `SADCLForImageClassification` (adds the parameter count) or its `SADCLConfig`.
@@ -162,7 +212,17 @@ def create_model_card(
     """
     config = getattr(model_or_config, "config", model_or_config)
     label_names = check_label_names(config)
-    metrics = _normalise_metrics(metrics or {})
+    recorded = _recorded_summary(config)
+    metrics = _normalise_metrics(recorded.get("metrics", {}) if metrics is None else metrics)
+    dataset_name = dataset_name or recorded.get("dataset_name")
+    dataset_id = dataset_id or recorded.get("dataset_id")
+    stage = stage or recorded.get("stage")
+    eval_split = eval_split or recorded.get("eval_split")
+    train_split = train_split or recorded.get("train_split")
+    if training_args is None:
+        hyperparameters = list(recorded.get("hyperparameters", {}).items())
+    else:
+        hyperparameters = _training_hyperparameters(training_args)
     if metrics and not dataset_name:
         raise ValueError("metrics were given without dataset_name; the model-index needs the evaluation dataset")
     model_id = model_id or _default_model_id(config, dataset_name)
@@ -238,12 +298,13 @@ def create_model_card(
         memory_bank_threshold=config.memory_bank_threshold,
         prototype_threshold=config.prototype_threshold,
         thresholds_calibrated=config.thresholds is not None,
+        thresholds=[f"{threshold:.3g}" for threshold in config.thresholds] if config.thresholds else None,
         stage=stage,
         dataset_display=dataset_display,
         train_split=train_split,
         eval_description=eval_description,
         metrics_rows=[(metric_title(name), f"{value:.2f}") for name, value in metrics.items()],
-        hyperparameters=_training_hyperparameters(training_args),
+        hyperparameters=hyperparameters,
         framework_versions=_framework_versions(),
     )
 

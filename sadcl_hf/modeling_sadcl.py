@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import tempfile
 from dataclasses import dataclass
 
 import timm
 import torch
+from huggingface_hub import create_repo
 import torch.nn.functional as F
 from timm.utils.model import freeze, freeze_batch_norm_2d
 from torch import nn
@@ -424,6 +426,22 @@ class SADCLPreTrainedModel(PreTrainedModel):
                 "AutoModelForImageClassification": "modeling_sadcl.SADCLForImageClassification",
             }
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *, tags: list[str] | None = None, **kwargs):
+        """transformers' `push_to_hub` (same arguments), with the SADCL model card as the repository's README.md:
+        labels, thresholds, usage, citation and the results the model recorded (`config.training_summary`) as its
+        `model-index` (`sadcl_hf.model_card`). Without sadcl-hf installed (remote code) it is transformers' push."""
+        try:
+            from sadcl_hf.model_card import save_model_card
+        except ImportError:  # remote code without sadcl-hf: transformers' generic card
+            return super().push_to_hub(repo_id, tags=tags, **kwargs)
+        max_shard_size = kwargs.pop("max_shard_size", "50GB")
+        private, token = kwargs.pop("private", None), kwargs.pop("token", None)
+        repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            save_model_card(self, folder, model_id=repo_id, tags=tags)
+            return self._upload_modified_files(folder, repo_id, files_timestamps={}, token=token, **kwargs)
 
 
 class SADCLModel(SADCLPreTrainedModel):

@@ -15,6 +15,7 @@ from timm.utils.model_ema import ModelEmaV3
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .evaluation import compute_metrics as multilabel_compute_metrics
+from .model_card import record_training_summary, save_model_card
 from .prototypes import OnlinePrototypeInitializer
 
 __all__ = ["SADCLTrainer", "SADCLTrainingArguments"]
@@ -104,6 +105,8 @@ class SADCLTrainer(Trainer):
     - `args.online_prototype_steps > 0` (stage "single"): the prototypes follow the running means of confident
       positive features (synchronised across processes) for the first steps, then train through PSCL.
     - `compute_metrics` defaults to the paper's metrics (`sadcl_hf.evaluation.compute_metrics`).
+    - Model cards: `save_final_model` writes the SADCL card and records the run in the exported model's config
+      (`sadcl_hf.model_card.record_training_summary`); `push_to_hub` uploads the SADCL card (`create_model_card`).
     - Gradient accumulation averages: the loss of each micro-batch is its own mean, divided by the accumulation
       steps; the logged loss and components are means over the micro-batches.
     """
@@ -259,6 +262,11 @@ class SADCLTrainer(Trainer):
         return metrics
 
     def train(self, *args, **kwargs):
+        """transformers' `train`; the results a loaded model recorded (`config.training_summary`) describe weights
+        that training changes, so they are dropped."""
+        for model in (self.accelerator.unwrap_model(self.model), self.ema.module if self.ema is not None else None):
+            if model is not None:
+                model.config.training_summary = None
         result = super().train(*args, **kwargs)
         self._check_processes_in_sync()
         return result
@@ -323,15 +331,76 @@ class SADCLTrainer(Trainer):
         if self.online_prototypes is not None and online_file.is_file():
             self.online_prototypes.load_state_dict(load_file(online_file))
 
-    def save_final_model(self, output_dir: str | os.PathLike, use_ema: bool | None = None, image_processor=None):
-        """Saves a Hub-ready folder: weights (EMA by default when kept), config with label names, remote code and
-        the image processor. Returns the saved model."""
+    def latest_evaluation(self, prefix: str = "eval") -> dict[str, float]:
+        """The metrics of the latest evaluation logged under `prefix` (`"eval"`: the raw weights, `"eval_ema"`: the
+        EMA), without the prefix; empty when there was none."""
+        for entry in reversed(self.state.log_history):
+            if f"{prefix}_loss" in entry:
+                start = f"{prefix}_"
+                return {key.removeprefix(start): value for key, value in entry.items() if key.startswith(start)}
+        return {}
+
+    def save_final_model(
+        self, output_dir: str | os.PathLike, use_ema: bool | None = None, image_processor=None, **summary
+    ):
+        """Saves a Hub-ready folder: weights (EMA by default when kept), config with label names, remote code, the
+        image processor and the SADCL model card (README.md). Returns the saved model.
+
+        `summary`: [`record_training_summary`]'s `dataset_name` (which enables it), `stage`, `train_split`,
+        `eval_split`, `dataset_id`. The latest evaluation of the saved weights and the training arguments are
+        recorded with them in the saved config, for this card and every later one (e.g. `model.push_to_hub`).
+        """
         use_ema = self.ema is not None if use_ema is None else use_ema
         model = self.ema.module if use_ema else self.accelerator.unwrap_model(self.model)
+        if summary.get("dataset_name"):
+            metrics = self.latest_evaluation("eval_ema" if use_ema else "eval")
+            record_training_summary(model, metrics, training_args=self.args, **summary)
         if self.args.should_save:
             model.save_pretrained(output_dir)
             processor = image_processor if image_processor is not None else self.processing_class
             if processor is not None:
                 processor.save_pretrained(output_dir)
+            save_model_card(model, output_dir)
         self.accelerator.wait_for_everyone()
         return model
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """Writes the SADCL model card (`sadcl_hf.model_card`) to `args.output_dir/README.md` instead of
+        transformers' generic draft; `push_to_hub(**kwargs)` passes its keyword arguments here and uploads it.
+
+        The card describes the weights `push_to_hub` saves (the trainer's model), their latest evaluation
+        (`eval_*`) as the `model-index`, and the training arguments. `dataset` names the evaluation dataset (default:
+        the one the model recorded); `language`, `finetuned_from`, `tasks`, `dataset_tags` and `dataset_args` are
+        not used.
+        """
+        if not self.is_world_process_zero():
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        dataset_name = dataset[0] if isinstance(dataset, list) else dataset
+        metrics = self.latest_evaluation("eval")
+        if metrics and not (dataset_name or (model.config.training_summary or {}).get("dataset_name")):
+            raise ValueError(
+                "the model card's model-index needs the evaluation dataset: pass dataset=... to push_to_hub "
+                "(or create_model_card)"
+            )
+        save_model_card(
+            model,
+            self.args.output_dir,
+            metrics=metrics or None,
+            dataset_name=dataset_name,
+            training_args=self.args,
+            model_id=getattr(self, "hub_model_id", None) or model_name,
+            license=license or "apache-2.0",
+            tags=[tags] if isinstance(tags, str) else tags,
+        )

@@ -26,7 +26,6 @@ from .data import (
     load_multilabel_dataset,
 )
 from .image_processing import backbone_normalization, image_processor_for_config
-from .model_card import save_model_card
 from .modeling_sadcl import SADCLForImageClassification
 from .prototypes import compute_prototypes, load_prototypes, save_prototypes
 from .trainer import SADCLTrainer, SADCLTrainingArguments
@@ -292,19 +291,13 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
     trainer.save_metrics("train", train_result.metrics)
     metrics = trainer.evaluate()
     trainer.save_metrics("eval", metrics)
-    final = trainer.save_final_model(output_dir / "model")
-    if training_args.should_save:
-        prefix = "eval_ema_" if trainer.ema is not None else "eval_"
-        save_model_card(
-            final,
-            output_dir / "model",
-            metrics={key.removeprefix(prefix): value for key, value in metrics.items() if key.startswith(prefix)},
-            dataset_name=data_args.dataset,
-            training_args=training_args,
-            stage=model_args.stage,
-            train_split=train_split,
-            eval_split=eval_split,
-        )
+    trainer.save_final_model(
+        output_dir / "model",
+        dataset_name=data_args.dataset,
+        stage=model_args.stage,
+        train_split=train_split,
+        eval_split=eval_split,
+    )
     if training_args.should_save:
         (output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=2))
     return {**train_result.metrics, **metrics}

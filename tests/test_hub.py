@@ -3,6 +3,7 @@
 huggingface_hub reads HF_ENDPOINT when it is imported, so the client side runs in subprocesses pointed at the server.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -131,3 +132,86 @@ def test_hub_server_error_responses(hub, tmp_path, monkeypatch):
         hf_hub_download("tester/nothing", "config.json", endpoint=hub.endpoint, cache_dir=tmp_path)
     downloaded = hf_hub_download("tester/errors", ".gitattributes", endpoint=hub.endpoint, cache_dir=tmp_path)
     assert "*.safetensors filter=lfs" in Path(downloaded).read_text()
+
+
+def _pushed_card(hub: HubServer, repo_id: str, tmp_path: Path) -> ModelCard:
+    path = tmp_path / f"{repo_id.replace('/', '--')}-README.md"
+    path.write_bytes(hub.repos[repo_id].commits[-1].files["README.md"].content)
+    return ModelCard.load(path)
+
+
+def test_model_and_trainer_push_to_hub_publish_the_sadcl_card(tiny_model_dir, tmp_path, hub):
+    """`model.push_to_hub` and `SADCLTrainer.push_to_hub` upload the SADCL card, not transformers' generic one."""
+    model_repo, trainer_repo = "tester/sadcl-model-push", "tester/sadcl-trainer-push"
+    script = textwrap.dedent(
+        f"""
+        import json
+        import torch
+        from transformers import AutoModelForImageClassification
+        from sadcl_hf.model_card import record_training_summary
+        from sadcl_hf.trainer import SADCLTrainer, SADCLTrainingArguments
+
+        model = AutoModelForImageClassification.from_pretrained({str(tiny_model_dir)!r})
+        model.config.thresholds = [0.25, 0.5, 0.5, 0.5, 0.75]
+        record_training_summary(
+            model, {{"eval_map": 61.5, "eval_of1": 55.25}}, "digits-mosaic", eval_split="validation", stage="sadcl"
+        )
+        model.push_to_hub({model_repo!r}, commit_message="model push", tags=["extra-tag"])
+
+        generator = torch.Generator().manual_seed(0)
+        images = [
+            {{"pixel_values": torch.randn(3, 64, 64, generator=generator), "labels": torch.tensor([1.0, 0, 1, 0, 1])}}
+            for _ in range(4)
+        ]
+        args = SADCLTrainingArguments(
+            output_dir={str(tmp_path / "run")!r}, hub_model_id={trainer_repo!r}, max_steps=1,
+            per_device_train_batch_size=4, use_ema=False, report_to=[], save_strategy="no", disable_tqdm=True,
+        )
+        trainer = SADCLTrainer(model=model, args=args, train_dataset=images, eval_dataset=images)
+        trainer.train()
+        metrics = trainer.evaluate()
+        trainer.push_to_hub(dataset="digits-mosaic")
+        print("METRICS", json.dumps(metrics))
+        """
+    )
+    result = run_python(["-c", script], client_env(hub, tmp_path))
+    metrics = json.loads(result.stdout.split("METRICS ", 1)[1])
+
+    model_commit = hub.repos[model_repo].commits[-1]
+    assert model_commit.message == "model push" and "model.safetensors" in model_commit.files
+    card = _pushed_card(hub, model_repo, tmp_path)
+    assert card.data.model_name == model_repo and "extra-tag" in card.data.tags and "sadcl" in card.data.tags
+    results = {r.metric_type: (r.metric_value, r.dataset_name, r.dataset_split) for r in card.data.eval_results}
+    assert set(results) == {"map", "of1"} and results["map"][0] == 61.5 and results["of1"][0] == 55.25
+    assert results["map"][2] == "validation" and "digits" in results["map"][1]
+    assert "0: class_0 (0.25)" in card.text and "4: class_4 (0.75)" in card.text  # labels and thresholds
+    assert f'pipeline("multi-label-image-classification", model="{model_repo}")' in card.text  # usage
+    assert "Semantic-Aware Dual Contrastive Learning for Multi-label Image Classification" in card.text  # citation
+    assert "Recipe stage | sadcl" in card.text
+    recorded = json.loads(model_commit.files["config.json"].content)["training_summary"]
+    assert recorded["metrics"] == {"map": 61.5, "of1": 55.25}
+
+    card = _pushed_card(hub, trainer_repo, tmp_path)
+    assert card.data.model_name == trainer_repo and "sadcl" in card.data.tags
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results["map"] == round(metrics["eval_map"], 2) and results["cf1"] == round(metrics["eval_cf1"], 2)
+    assert "| max_steps | 1 |" in card.text and f'from_pretrained("{trainer_repo}", trust_remote_code=True)' in card.text
+    assert "automatically generated" not in card.text  # not transformers' draft
+    assert hub.unhandled == []
+
+
+def test_push_script_card_from_the_recorded_results(tiny_model_dir, tmp_path):
+    """A model folder without README.md: scripts/push_to_hub.py stages the card from `config.training_summary`."""
+    from sadcl_hf.model_card import record_training_summary
+
+    spec = importlib.util.spec_from_file_location("push_to_hub_script", ROOT / "scripts" / "push_to_hub.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    model = AutoModelForImageClassification.from_pretrained(tiny_model_dir)
+    record_training_summary(model, {"map": 70.0}, "voc2007", eval_split="test")
+    model.save_pretrained(tmp_path / "model")
+    assert not (tmp_path / "model" / "README.md").exists()
+    script.stage_model_folder(tmp_path / "model", tmp_path / "staging", REPO_ID)
+    card = ModelCard.load(tmp_path / "staging" / "README.md")
+    assert card.data.model_name == REPO_ID
+    assert [(r.metric_type, r.metric_value, r.dataset_split) for r in card.data.eval_results] == [("map", 70.0, "test")]

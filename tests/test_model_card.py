@@ -7,8 +7,13 @@ from huggingface_hub import ModelCard
 from transformers import TrainingArguments
 
 import sadcl_hf
-from sadcl_hf import COCO_LABELS, SADCLConfig
-from sadcl_hf.model_card import MODEL_CARD_TEMPLATE_PATH, create_model_card, save_model_card
+from sadcl_hf import COCO_LABELS, SADCLConfig, SADCLForImageClassification
+from sadcl_hf.model_card import (
+    MODEL_CARD_TEMPLATE_PATH,
+    create_model_card,
+    record_training_summary,
+    save_model_card,
+)
 
 METRICS = {
     "eval_map": 84.123,
@@ -97,3 +102,31 @@ def test_template_is_package_data():
     assert MODEL_CARD_TEMPLATE_PATH.is_file()
     pointer = package_dir.parent / "model_cards" / "README.md"
     assert "sadcl_hf/templates/model_card.md" in pointer.read_text()
+
+
+def test_recorded_results_travel_with_the_saved_model(tiny_model, tmp_path):
+    arguments = TrainingArguments(output_dir=str(tmp_path), learning_rate=3e-4, seed=7)
+    summary = record_training_summary(
+        tiny_model, METRICS, "voc2007", training_args=arguments, stage="baseline", eval_split="test"
+    )
+    assert summary["metrics"]["map"] == 84.123 and "loss" not in summary["metrics"]
+    tiny_model.save_pretrained(tmp_path / "model")
+    loaded = SADCLForImageClassification.from_pretrained(tmp_path / "model")
+    card = create_model_card(loaded)
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results["map"] == 84.12 and len(results) == 8
+    assert card.data.datasets == ["voc2007"] and card.data.eval_results[0].dataset_split == "test"
+    assert "| learning_rate | 0.0003 |" in card.text and "Recipe stage | baseline" in card.text
+    # explicit arguments win over the recorded ones
+    card = create_model_card(loaded, metrics={"map": 12.5}, dataset_name="coco2014")
+    assert [(r.metric_type, r.metric_value, r.dataset_type) for r in card.data.eval_results] == [
+        ("map", 12.5, "coco2014")
+    ]
+
+
+def test_recorded_summary_is_checked(tiny_model):
+    with pytest.raises(ValueError, match="dataset_name"):
+        record_training_summary(tiny_model, {"map": 1.0}, "")
+    tiny_model.config.training_summary = {"mAP": 50.0}
+    with pytest.raises(ValueError, match="training_summary"):
+        create_model_card(tiny_model)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, TrainerCallback, TrainingArguments
 
@@ -108,6 +109,12 @@ def test_two_stage_recipe_end_to_end(tmp_path, data_options):
     assert all({"asl", "sscl", "pscl"} <= set(entry) for entry in log if "loss" in entry)
     final = AutoModelForImageClassification.from_pretrained(stage2 / "model")
     assert final.config.objective == "sadcl"
+    # the run's results (the exported EMA's, not stage 1's) are recorded in the config and shown on the card
+    summary = final.config.training_summary
+    assert (summary["dataset_name"], summary["stage"], summary["eval_split"]) == ("digits-mosaic", "sadcl", "validation")
+    assert summary["metrics"]["map"] == pytest.approx(metrics["eval_ema_map"])
+    card = ModelCard.load(stage2 / "model" / "README.md")
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results}["map"] == round(metrics["eval_ema_map"], 2)
 
 
 def test_stage_sadcl_without_stage_one_model_is_explained(tmp_path, data_options):
