@@ -123,6 +123,7 @@ def test_stage_sadcl_without_stage_one_model_is_explained(tmp_path, data_options
 
 
 def test_resumed_run_ends_with_the_same_weights(tmp_path, data_options):
+    """Resuming mid-epoch (step 3 of 6 per epoch) restores weights, EMA, memory bank and the data order."""
     deterministic = [
         "--stage", "single", "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "3",
         "--resize_margin", "0", "--crop_scales", "1.0", "--config_overrides", json.dumps({"dropout": 0.0}),
@@ -132,6 +133,7 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, data_options):
     checkpoint = tmp_path / "full" / "checkpoint-3"
     assert (checkpoint / "ema.safetensors").is_file()
     assert (checkpoint / "memory_bank-rank0.safetensors").is_file()
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["epoch"] == 0.5
     _train(tmp_path / "resumed", data_options, *deterministic, "--resume_from_checkpoint", str(checkpoint))
     for name in ("model.safetensors", "ema.safetensors", "memory_bank-rank0.safetensors"):
         full = load_file(tmp_path / "full" / "checkpoint-6" / name)
@@ -143,9 +145,12 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, data_options):
 
 def test_bf16_autocast_on_cpu(tmp_path, data_options):
     metrics = _train(tmp_path, data_options, "--stage", "single", "--max_steps", "2", "--bf16", "--no_use_ema")
-    log = json.loads((tmp_path / "train_log.json").read_text())
-    assert all(math.isfinite(entry["loss"]) for entry in log if "loss" in entry)
+    log = [entry for entry in json.loads((tmp_path / "train_log.json").read_text()) if "loss" in entry]
+    assert len(log) == 2
+    assert all(math.isfinite(entry[name]) for entry in log for name in ("loss", "asl", "sscl", "pscl"))
     assert "eval_ema_map" not in metrics and math.isfinite(metrics["eval_map"])
+    weights = load_file(tmp_path / "model" / "model.safetensors")  # autocast: the weights stay float32
+    assert {value.dtype for value in weights.values() if value.is_floating_point()} == {torch.float32}
 
 
 def test_accelerate_launch_two_processes_stay_in_sync(tmp_path, data_options):
@@ -187,13 +192,17 @@ def test_early_stopping_needs_a_metric(tmp_path):
 
 
 def test_best_checkpoint_and_its_ema_are_exported(tmp_path, data_options):
+    """`load_best_model_at_end` with `save_total_limit`: the best and the last checkpoint stay on disk and the
+    exported model is the best checkpoint's EMA."""
     _train(
         tmp_path, data_options, "--stage", "baseline", "--max_steps", "6", "--eval_strategy", "steps",
         "--eval_steps", "2", "--save_strategy", "steps", "--save_steps", "2", "--load_best_model_at_end",
-        "--metric_for_best_model", "eval_ema_map", "--early_stopping_patience", "5",
+        "--metric_for_best_model", "eval_ema_map", "--early_stopping_patience", "5", "--save_total_limit", "1",
     )  # fmt: skip
     state = json.loads((tmp_path / "checkpoint-6" / "trainer_state.json").read_text())
     best = Path(state["best_model_checkpoint"])
+    assert len([entry for entry in state["log_history"] if "eval_ema_map" in entry]) == 3
+    assert {path.name for path in tmp_path.glob("checkpoint-*")} == {best.name, "checkpoint-6"}
     best_ema = load_file(best / "ema.safetensors")
     exported = load_file(tmp_path / "model" / "model.safetensors")
     for key, value in exported.items():
