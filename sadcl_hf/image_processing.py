@@ -1,5 +1,6 @@
 """The image processor saved with every SADCL model: resize to `image_size`, rescale, normalise as the backbone
-expects."""
+expects. It is the one evaluation preprocessing: training-time evaluation, prototypes and calibration batch images
+through it ([`eval_collator_for_config`]), `predict` and the pipeline load it from the model folder."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from transformers import ViTImageProcessor
 from transformers.image_utils import PILImageResampling
 
 from .configuration_sadcl import SADCLConfig
+from .data import ImageProcessorTransform, MultiLabelCollator
 
-__all__ = ["backbone_normalization", "image_processor_for_config"]
+__all__ = ["backbone_normalization", "eval_collator_for_config", "image_processor_for_config"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,3 +40,11 @@ def image_processor_for_config(config: SADCLConfig) -> ViTImageProcessor:
         image_mean=mean,
         image_std=std,
     )
+
+
+def eval_collator_for_config(config: SADCLConfig, image_processor=None) -> MultiLabelCollator:
+    """Evaluation batches `{"pixel_values" [B, 3, H, W], "labels" [B, K]}` preprocessed by `image_processor`
+    (default: [`image_processor_for_config`]`(config)`, the processor saved with the model), image by image as the
+    pipeline does."""
+    processor = image_processor if image_processor is not None else image_processor_for_config(config)
+    return MultiLabelCollator(config.num_labels, ImageProcessorTransform(processor))

@@ -5,6 +5,7 @@ SADCL trains in two stages. After the first stage (SARL trained with ASL only), 
 mean raw label-level feature ``label_features[b, k]`` over the training images where class ``k`` is present and
 predicted with probability above a threshold (0.85 in the paper); the second stage trains with the dual
 contrastive objective against these prototypes. :func:`compute_prototypes` runs that pass over a dataloader,
+:func:`compute_dataset_prototypes` over a dataset with the model's evaluation preprocessing, and
 :class:`OnlinePrototypeInitializer` accumulates the same means step by step during training.
 """
 
@@ -19,7 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 
-__all__ = ["OnlinePrototypeInitializer", "compute_prototypes", "load_prototypes", "save_prototypes"]
+__all__ = [
+    "OnlinePrototypeInitializer",
+    "compute_dataset_prototypes",
+    "compute_prototypes",
+    "load_prototypes",
+    "save_prototypes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -290,3 +297,39 @@ def compute_prototypes(
             never_present.nonzero().flatten().tolist(),
         )
     return prototypes.to(torch.float32).cpu(), counts.cpu()
+
+
+def compute_dataset_prototypes(
+    model: torch.nn.Module,
+    dataset: Any,
+    threshold: Optional[float] = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    progress_bar: bool = True,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """[`compute_prototypes`] of a SADCL model over a multi-label dataset (`image` and `labels` columns), its
+    images preprocessed by the model's own image processor ([`eval_collator_for_config`]), as in evaluation and
+    the pipeline.
+
+    Args:
+        model: a `SADCLForImageClassification` (its `config` and current `prototypes` `[K, D]`, the fallback).
+        dataset: e.g. the training split of `load_multilabel_dataset(...)`.
+        threshold: probability threshold; default `model.config.prototype_threshold` (0.85, the paper's).
+        batch_size / num_workers: the `DataLoader`'s.
+        progress_bar: show a tqdm progress bar.
+
+    Returns:
+        `(prototypes [K, D] float32, counts [K] int64)` as [`compute_prototypes`].
+    """
+    from .image_processing import eval_collator_for_config
+
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, collate_fn=eval_collator_for_config(model.config), num_workers=num_workers
+    )
+    return compute_prototypes(
+        model,
+        loader,
+        threshold=model.config.prototype_threshold if threshold is None else threshold,
+        fallback=model.prototypes.detach(),
+        progress_bar=progress_bar,
+    )

@@ -19,15 +19,14 @@ from .configuration_sadcl import SADCLConfig
 from .data import (
     DEFAULT_CROP_SCALES,
     MultiLabelCollator,
-    build_eval_transform,
     build_train_transform,
     dataset_info,
     label_names,
     load_multilabel_dataset,
 )
-from .image_processing import backbone_normalization, image_processor_for_config
+from .image_processing import backbone_normalization, eval_collator_for_config, image_processor_for_config
 from .modeling_sadcl import SADCLForImageClassification
-from .prototypes import compute_prototypes, load_prototypes, save_prototypes
+from .prototypes import compute_dataset_prototypes, load_prototypes, save_prototypes
 from .trainer import SADCLTrainer, SADCLTrainingArguments
 
 __all__ = [
@@ -36,7 +35,6 @@ __all__ = [
     "STAGES",
     "build_model",
     "default_splits",
-    "eval_collator_for_config",
     "parse_arguments",
     "read_config_file",
     "run_training",
@@ -164,12 +162,6 @@ def _load_split(data_args: DataArguments, split: str, limit: int | None):
     return dataset
 
 
-def eval_collator_for_config(config: SADCLConfig) -> MultiLabelCollator:
-    """Evaluation batches for a model: resize to `image_size`, the backbone's normalisation, multi-hot labels."""
-    mean, std = backbone_normalization(config)
-    return MultiLabelCollator(config.num_labels, build_eval_transform(config.image_size, mean, std))
-
-
 def build_model(model_args: ModelArguments, names: list[str]) -> SADCLForImageClassification:
     """A new model from the preset (with the dataset's label names), or a saved one whose labels must match."""
     overrides = dict(model_args.config_overrides or {})
@@ -261,13 +253,14 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
             cutout=data_args.cutout,
         ),
     )
-    eval_collator = eval_collator_for_config(config)
+    image_processor = image_processor_for_config(config)
+    eval_collator = eval_collator_for_config(config, image_processor)
 
     if model_args.stage == "baseline":
         model.prototypes.requires_grad_(False)
         model.projector.requires_grad_(False)
     elif model_args.stage == "sadcl":
-        _initialise_prototypes(model, model_args, train_dataset, eval_collator, training_args, output_dir)
+        _initialise_prototypes(model, model_args, train_dataset, training_args, output_dir)
     else:
         steps = _total_steps(training_args, len(train_dataset))
         training_args.online_prototype_steps = training_args.online_prototype_steps or max(
@@ -284,7 +277,7 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
         eval_dataset=eval_dataset,
         data_collator=train_collator,
         eval_data_collator=eval_collator,
-        processing_class=image_processor_for_config(config),
+        processing_class=image_processor,
         callbacks=callbacks,
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -303,19 +296,16 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
     return {**train_result.metrics, **metrics}
 
 
-def _initialise_prototypes(model, model_args, train_dataset, collator, training_args, output_dir: Path) -> None:
+def _initialise_prototypes(model, model_args, train_dataset, training_args, output_dir: Path) -> None:
     """Stage 2: prototypes from a file, or from the stage-1 model (mean confident positive label feature)."""
     if model_args.prototypes is not None:
         prototypes = load_prototypes(model_args.prototypes, model.config.num_labels, model.config.hidden_dim)
     elif model_args.model_name_or_path is not None:
-        loader = torch.utils.data.DataLoader(
+        prototypes, _ = compute_dataset_prototypes(
+            model,
             train_dataset,
             batch_size=training_args.per_device_eval_batch_size,
-            collate_fn=collator,
             num_workers=training_args.dataloader_num_workers,
-        )
-        prototypes, _ = compute_prototypes(
-            model, loader, threshold=model.config.prototype_threshold, fallback=model.prototypes.detach()
         )
         if training_args.should_save:
             save_prototypes(prototypes, output_dir / "prototypes.safetensors")

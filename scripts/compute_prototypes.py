@@ -10,15 +10,12 @@ given by `--config` (its `dataset`, `dataset_root`, `train_split`, `dataset_opti
 """
 
 import argparse
-import json
 from pathlib import Path
-
-import torch
 
 from sadcl_hf import SADCLForImageClassification
 from sadcl_hf.data import label_names, load_multilabel_dataset
-from sadcl_hf.prototypes import compute_prototypes, save_prototypes
-from sadcl_hf.training import default_splits, eval_collator_for_config, read_config_file
+from sadcl_hf.prototypes import compute_dataset_prototypes, save_prototypes
+from sadcl_hf.training import default_splits, read_config_file
 
 
 def main() -> None:
@@ -40,18 +37,15 @@ def main() -> None:
         parser.error("name the dataset with --config or --dataset")
     root = args.dataset_root or settings.get("dataset_root")
     split = args.split or settings.get("train_split") or default_splits(dataset_name)[0]
-    options = json.loads(settings.get("dataset_options") or "{}")
+    options = settings.get("dataset_options") or {}
     dataset = load_multilabel_dataset(dataset_name, root=root, split=split, **options)
 
     model = SADCLForImageClassification.from_pretrained(args.model)
     if model.config.label_names != label_names(dataset):
         raise SystemExit(f"{args.model}: the model's labels do not match the dataset's ({dataset_name}, {split})")
-    collator = eval_collator_for_config(model.config)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, collate_fn=collator, num_workers=args.num_workers
+    prototypes, counts = compute_dataset_prototypes(
+        model, dataset, threshold=args.threshold, batch_size=args.batch_size, num_workers=args.num_workers
     )
-    threshold = args.threshold if args.threshold is not None else model.config.prototype_threshold
-    prototypes, counts = compute_prototypes(model, loader, threshold=threshold, fallback=model.prototypes.detach())
     save_prototypes(prototypes, args.output)
     print(f"saved {tuple(prototypes.shape)} prototypes to {args.output}; images per class: {counts.tolist()}")
 

@@ -9,18 +9,29 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from torchvision.transforms import v2
 
+from sadcl_hf import SADCLConfig
 from sadcl_hf.data import (
     DEFAULT_CROP_SCALES,
     ImageLoadError,
+    ImageProcessorTransform,
     MultiLabelCollator,
     MultiScaleCrop,
-    build_eval_transform,
+    ToNormalizedTensor,
     build_train_transform,
+    load_image,
     multilabel_features,
 )
+from sadcl_hf.image_processing import image_processor_for_config
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def eval_transform(image_size: int) -> ImageProcessorTransform:
+    """The evaluation preprocessing of a model of this size: its saved image processor."""
+    config = SADCLConfig.from_preset("tiny", num_labels=2, image_size=image_size, image_mean=MEAN, image_std=STD)
+    return ImageProcessorTransform(image_processor_for_config(config))
 
 
 def tsn_reference_crops(image_side: int, output_side: int, scales, max_distort: int) -> set:
@@ -78,16 +89,18 @@ def test_multiscale_crop_is_a_real_crop():
 
 
 def test_train_and_eval_transforms():
-    gray = PIL.Image.new("L", (70, 50), 128)
+    gray = load_image(PIL.Image.new("L", (70, 50), 128))
     torch.manual_seed(0)
     train = build_train_transform(32, MEAN, STD, resize_margin=8)
     out = train(gray)
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
     expected = (128 / 255 - torch.tensor(MEAN)) / torch.tensor(STD)
     torch.testing.assert_close(out.mean(dim=(1, 2)), expected, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="expects an RGB image, got mode 'L'.*load_image"):
+        train(PIL.Image.new("L", (70, 50)))
 
-    evaluation = build_eval_transform(24, MEAN, STD)
-    rgba = PIL.Image.new("RGBA", (30, 10), (255, 0, 0, 0))  # fully transparent -> white
+    evaluation = eval_transform(24)
+    rgba = load_image(PIL.Image.new("RGBA", (30, 10), (255, 0, 0, 0)))  # fully transparent -> white
     torch.testing.assert_close(evaluation(rgba)[:, 5, 5], (1 - torch.tensor(MEAN)) / torch.tensor(STD))
     assert evaluation(rgba).shape == (3, 24, 24)
 
@@ -98,6 +111,67 @@ def test_train_and_eval_transforms():
     torch.manual_seed(1)
     assert torch.equal(first, augmented(image))  # reproducible from the torch seed
     assert first.shape == (3, 32, 32)
+
+
+def test_to_normalized_tensor_matches_torchvision():
+    photo = PIL.Image.fromarray(np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    torchvision_steps = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+    expected = torchvision_steps(photo)
+    for source in (photo, v2.functional.pil_to_tensor(photo)):
+        out = ToNormalizedTensor(MEAN, STD)(source)
+        assert type(out) is torch.Tensor and out.dtype == torch.float32 and out.is_contiguous()
+        torch.testing.assert_close(out, expected.as_subclass(torch.Tensor), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="uint8 tensor"):
+        ToNormalizedTensor(MEAN, STD)(torch.zeros(3, 4, 4))
+    with pytest.raises(ValueError, match="std > 0"):
+        ToNormalizedTensor(MEAN, (0.2, 0.0, 0.2))
+
+
+def test_crop_with_input_size_draws_as_after_the_resize_and_resamples_once():
+    """`input_size` draws the recipe's crop on the virtual resized image: the same parameters, for any source size,
+    as resizing first, and the same window (on coordinate ramps, where interpolation is exact, within one level; a
+    window one pixel off differs by ~3 levels) resampled once from the original pixels."""
+    ramps = np.zeros((168, 224, 3), np.uint8)
+    ramps[..., 0], ramps[..., 1] = np.arange(224)[None, :], np.arange(168)[:, None]  # value = column / row
+    image = PIL.Image.fromarray(ramps)
+    crop = MultiScaleCrop(48, input_size=56)
+    two_steps = v2.Compose([v2.Resize((56, 56)), MultiScaleCrop(48)])
+    for seed in range(30):
+        torch.manual_seed(seed)
+        params = crop.make_params([image])
+        torch.manual_seed(seed)
+        assert params == MultiScaleCrop(48).make_params([image.resize((56, 56))])
+        torch.manual_seed(seed)
+        once = np.asarray(crop(image), dtype=np.float64)
+        torch.manual_seed(seed)
+        twice = np.asarray(two_steps(image), dtype=np.float64)
+        assert once.shape == twice.shape == (48, 48, 3)
+        assert np.abs(once - twice)[4:-4, 4:-4].max() <= 1.0  # borders aside: the filters' edge handling
+        pixels = v2.functional.pil_to_tensor(image)
+        torch.manual_seed(seed)
+        tensor_out = crop(pixels)
+        torch.manual_seed(seed)
+        assert torch.equal(tensor_out, two_steps(pixels))  # tensors take the two resizes
+    with pytest.raises(ValueError, match="input_size must be"):
+        MultiScaleCrop(48, input_size=0)
+
+
+def test_train_transform_augmentation_distribution_is_kept():
+    """The TSN crop sizes and offsets of the recipe, on the 512-px square the old two-step pipeline cropped."""
+    transform = build_train_transform(32, MEAN, STD, resize_margin=8)
+    crop = transform.transforms[0]
+    assert isinstance(crop, MultiScaleCrop) and crop.input_size == (40, 40) and crop.size == (32, 32)
+    assert set(crop.crop_candidates(40, 40)) == tsn_reference_crops(40, 32, DEFAULT_CROP_SCALES, 2)
+    ramp = np.tile(np.arange(200, dtype=np.uint8)[None, :, None], (100, 1, 3))  # value = column index
+    torch.manual_seed(0)
+    lefts = set()
+    for _ in range(300):
+        params = crop.make_params([PIL.Image.fromarray(ramp)])
+        assert (params["top"], params["left"]) in MultiScaleCrop.fixed_offset_candidates(
+            40, 40, params["height"], params["width"]
+        )
+        lefts.add(params["left"])
+    assert len(lefts) > 3
 
 
 def test_horizontal_flip_happens_half_the_time():
@@ -113,7 +187,7 @@ def test_horizontal_flip_happens_half_the_time():
 
 
 def test_collator_batches_and_labels():
-    collator = MultiLabelCollator(4, transform=build_eval_transform(16, MEAN, STD))
+    collator = MultiLabelCollator(4, transform=eval_transform(16))
     examples = [
         {"image": PIL.Image.new("RGB", (20, 30), "red"), "labels": [0, 3]},
         {"image": PIL.Image.new("L", (50, 10), 20), "labels": []},
@@ -215,8 +289,46 @@ def test_collator_with_transformers_trainer(tmp_path):
         output_dir=str(tmp_path), per_device_train_batch_size=2, remove_unused_columns=False, report_to=[],
         use_cpu=True, max_steps=2, save_strategy="no", logging_strategy="no",
     )
-    collator = MultiLabelCollator(2, transform=build_eval_transform(8, MEAN, STD))
+    collator = MultiLabelCollator(2, transform=eval_transform(8))
     trainer = Trainer(model=TinyClassifier(), args=arguments, train_dataset=dataset, data_collator=collator)
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["pixel_values"].shape == (2, 3, 8, 8) and batch["labels"].shape == (2, 2)
     assert trainer.train().global_step == 2
+
+
+@pytest.mark.parametrize("decode", [True, False])
+def test_training_path_decodes_each_image_once(tmp_path, monkeypatch, decode):
+    """Dataset row (decoded by `datasets`, or a path the collator opens) -> collator -> training transform: one
+    `PIL.Image.open`, one decode and one pass through `load_image` (EXIF, mode conversion) per image."""
+    import sadcl_hf.data.images
+
+    paths = []
+    for index in range(4):
+        paths.append(str(tmp_path / f"{index}.jpg"))
+        PIL.Image.new("RGB", (40, 30), (index * 60, 20, 0)).save(paths[-1])
+    dataset = datasets.Dataset.from_dict(
+        {"image": paths, "labels": [[0]] * 4}, features=multilabel_features(["a", "b"])
+    ).cast_column("image", datasets.Image(decode=decode))
+    opened, decoded, converted = [], [], []
+    real_open, real_load, real_to_rgb = PIL.Image.open, PIL.ImageFile.ImageFile.load, sadcl_hf.data.images._to_rgb
+
+    def counting_open(*args, **kwargs):
+        opened.append(args[0])
+        return real_open(*args, **kwargs)
+
+    def counting_load(image):
+        if image.tile:  # still encoded
+            decoded.append(image)
+        return real_load(image)
+
+    def counting_to_rgb(image, name):
+        converted.append(name)
+        return real_to_rgb(image, name)
+
+    monkeypatch.setattr(PIL.Image, "open", counting_open)
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", counting_load)
+    monkeypatch.setattr(sadcl_hf.data.images, "_to_rgb", counting_to_rgb)
+    collator = MultiLabelCollator(2, transform=build_train_transform(16, MEAN, STD, resize_margin=4, randaugment=True))
+    batch = collator([dataset[index] for index in range(4)])
+    assert batch["pixel_values"].shape == (4, 3, 16, 16)
+    assert len(opened) == len(decoded) == len(converted) == 4

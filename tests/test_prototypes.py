@@ -178,3 +178,38 @@ def test_load_rejects_bad_files_with_clear_errors(tmp_path):
         load_prototypes(tmp_path / "prototypes.pt")
     with pytest.raises(FileNotFoundError, match="missing.npy"):
         load_prototypes(tmp_path / "missing.npy")
+
+
+def test_dataset_prototypes_use_the_evaluation_batches_and_the_models_threshold():
+    """`compute_dataset_prototypes` = `compute_prototypes` over the model's evaluation collator, with the config's
+    threshold and the model's current prototypes as the fallback of classes never present."""
+    import datasets
+    import PIL.Image
+
+    from sadcl_hf.data import multilabel_features
+    from sadcl_hf.image_processing import eval_collator_for_config
+    from sadcl_hf.prototypes import compute_dataset_prototypes
+
+    from .conftest import make_tiny_model
+
+    model = make_tiny_model(num_labels=3, seed=4, prototype_threshold=0.3)
+    with torch.no_grad():
+        model.prototypes.normal_()
+    rng = np.random.default_rng(0)
+    dataset = datasets.Dataset.from_dict(
+        {
+            "image": [PIL.Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)) for _ in range(6)],
+            "labels": [[0], [0, 1], [1], [0], [], [1]],
+        },
+        features=multilabel_features(["a", "b", "c"]),
+    )
+    prototypes, counts = compute_dataset_prototypes(model, dataset, batch_size=4, progress_bar=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=eval_collator_for_config(model.config))
+    expected, expected_counts = compute_prototypes(
+        model, loader, threshold=0.3, fallback=model.prototypes.detach(), progress_bar=False
+    )
+    torch.testing.assert_close(prototypes, expected)
+    assert torch.equal(counts, expected_counts)
+    torch.testing.assert_close(prototypes[2], model.prototypes[2].detach())  # class "c" never present
+    _, strict_counts = compute_dataset_prototypes(model, dataset, threshold=0.999, progress_bar=False)
+    assert strict_counts.sum() < counts.sum()

@@ -4,9 +4,7 @@ Every loader returns a `datasets.Dataset` / `DatasetDict` with an `image` column
 lazily) and a `labels` column (`List(ClassLabel(names=...))`, the ids of the classes present), so the class
 names travel with the data::
 
-    from sadcl_hf.data import (
-        MultiLabelCollator, build_eval_transform, build_train_transform, label_names, load_multilabel_dataset,
-    )
+    from sadcl_hf.data import MultiLabelCollator, build_train_transform, label_names, load_multilabel_dataset
 
     dataset = load_multilabel_dataset("digits-mosaic")           # or "coco2014", root="/data/coco", ...
     names = label_names(dataset)
@@ -28,9 +26,9 @@ from .loading import DATASETS, DATASET_NAMES, DATASET_SPLITS, DatasetInfo, datas
 from .nuswide import NUS_WIDE_CONCEPTS, NUS_WIDE_SPLITS, load_nuswide
 from .transforms import (
     DEFAULT_CROP_SCALES,
-    ConvertToRGB,
+    ImageProcessorTransform,
     MultiScaleCrop,
-    build_eval_transform,
+    ToNormalizedTensor,
     build_train_transform,
 )
 from .vg500 import VG500_NUM_CLASSES, VG500_SPLITS, load_vg500
@@ -51,13 +49,13 @@ __all__ = [
     "VOC_CLASSES",
     "VOC_DIFFICULT_MODES",
     "VOC_SPLITS",
-    "ConvertToRGB",
     "DatasetInfo",
     "DatasetLayoutError",
     "ImageLoadError",
+    "ImageProcessorTransform",
     "MultiLabelCollator",
     "MultiScaleCrop",
-    "build_eval_transform",
+    "ToNormalizedTensor",
     "build_train_transform",
     "dataset_info",
     "digits_mosaic_cache_path",

@@ -24,7 +24,7 @@ class MultiLabelCollator:
 
     Each example is a mapping with an image (a `PIL.Image.Image`, a path, encoded bytes or a `datasets.Image`
     storage dict `{"path", "bytes"}`) and a list of class ids. Every image goes through [`load_image`] (RGB, EXIF
-    orientation) and then `transform`. The collator is a plain picklable object, so it works with
+    orientation; the only decoding on this path) and then `transform`. The collator is a plain picklable object, so it works with
     `DataLoader(num_workers > 0)` and with `transformers.Trainer(..., data_collator=collator)` given
     `TrainingArguments(remove_unused_columns=False)`.
 
@@ -33,8 +33,9 @@ class MultiLabelCollator:
 
     Args:
         num_labels: number of classes K.
-        transform: callable PIL image -> float tensor `[3, H, W]` (e.g. [`build_train_transform`]). `None` converts
-            to a float tensor in [0, 1] without resizing (all images of a batch must then share a size).
+        transform: callable RGB PIL image -> float tensor `[3, H, W]`: [`build_train_transform`] for training,
+            [`ImageProcessorTransform`] of the model's image processor for evaluation. `None` converts to a float
+            tensor in [0, 1] without resizing (all images of a batch must then share a size).
         image_column: key of the image in each example.
         label_column: key of the class-id list in each example.
         skip_unreadable: drop examples whose image cannot be loaded (a warning reports how many) instead of raising
@@ -128,6 +129,6 @@ class MultiLabelCollator:
         if len(shapes) > 1:
             raise ValueError(
                 f"Images of the batch have different sizes {sorted(shapes)}; pass a transform that resizes, "
-                "e.g. sadcl_hf.data.build_eval_transform(image_size)."
+                "e.g. sadcl_hf.data.ImageProcessorTransform(image_processor)."
             )
         return {"pixel_values": torch.stack(pixel_values), "labels": torch.stack(targets)}
