@@ -1,9 +1,9 @@
 """Per-class decision thresholds: calibration on a validation split and threshold files.
 
 A multi-label model predicts class k when sigmoid(logit_k) >= t_k ([`sadcl_hf.evaluation.predict_labels`], the rule
-the metrics and the pipeline share; a score equal to its threshold is predicted). The paper evaluates CP/CR/CF1/OP/OR/OF1 at
-t_k = 0.5; choosing t_k per class to maximise that class's F1 on held-out data usually raises CF1 and OF1 (mAP is
-threshold-free and does not change). The thresholds are stored in `config.thresholds`, which the
+the metrics and the pipeline share; a score equal to its threshold is predicted). The paper evaluates
+CP/CR/CF1/OP/OR/OF1 at t_k = 0.5; choosing t_k per class to maximise that class's F1 on held-out data usually raises
+CF1 and OF1 (mAP is threshold-free and does not change). The thresholds are stored in `config.thresholds`, which the
 `multi-label-image-classification` pipeline and `scripts/predict.py` apply. Calibrate on a validation split, never
 on the test split whose numbers you report.
 """
@@ -132,9 +132,9 @@ def predict_scores(
     """Sigmoid scores [N, K] and multi-hot targets [N, K] of a multi-label dataset (`image`, `labels` columns).
 
     Images are preprocessed by `image_processor` (default: the one saved with every SADCL model,
-    [`image_processor_for_config`]; batched by [`eval_collator_for_config`]) and float32 logits go through the same float64 sigmoid as in the pipeline, so
-    the scores are the ones the pipeline would give. The model is moved to
-    `device` (default: where it is) and scored in eval mode; its training mode is restored afterwards.
+    [`image_processor_for_config`]; batched by [`eval_collator_for_config`]) and the float32 logits go through the
+    pipeline's float64 sigmoid, so the scores are the ones the pipeline would give. The model is moved to `device`
+    (default: where it is) and scored in eval mode; its training mode is restored afterwards.
     """
     from tqdm.auto import tqdm
 
