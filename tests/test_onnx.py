@@ -1,7 +1,11 @@
-"""ONNX export: onnxruntime matches PyTorch, dynamic batch axis, metadata."""
+"""ONNX export: onnxruntime matches PyTorch, dynamic batch axis, metadata; the ONNX Runtime serving backend (same
+tags and scores as PyTorch); static int8 (QDQ around every Conv, bounded mAP change on a trained model)."""
 
 import importlib.util
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,19 +13,28 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from transformers import AutoModelForImageClassification
+from PIL import Image
+from transformers import AutoModelForImageClassification, pipeline
 
-from sadcl_hf.onnx_export import export_onnx, verify_onnx
+from sadcl_hf.onnx_export import ONNX_FILE_NAME, count_quantized_convolutions, export_onnx, verify_onnx
+from sadcl_hf.onnx_runtime import SADCLOnnxModel
+from sadcl_hf.data import load_multilabel_dataset
+from sadcl_hf.training import parse_arguments, run_training
 
 from .conftest import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_export_script_matches_pytorch_for_any_batch_size(tiny_model_dir, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("export_script", ROOT / "scripts" / "export_onnx.py")
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_export_script_matches_pytorch_for_any_batch_size(tiny_model_dir, tmp_path, capsys):
+    script = _load_script("export_onnx")
     output = tmp_path / "onnx" / "model.onnx"
     assert script.main([str(tiny_model_dir), str(output), "--opset", "17"]) == 0
     assert "onnxruntime matches PyTorch" in capsys.readouterr().out
@@ -56,3 +69,115 @@ def test_export_keeps_the_model_mode_and_verify_catches_mismatches(tmp_path):
     other = make_tiny_model(seed=6)
     with pytest.raises(AssertionError, match="ONNX logits differ from PyTorch"):
         verify_onnx(other, path)
+
+
+@pytest.fixture(scope="module")
+def exported_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A copy of the tiny model folder with onnx/model.onnx written by the export script's default output."""
+    folder = tmp_path_factory.mktemp("onnx_model") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    assert _load_script("export_onnx").main([str(folder)]) == 0
+    assert (folder / ONNX_FILE_NAME).is_file()
+    return folder
+
+
+def _images(count: int) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (80, 72, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def test_onnx_backend_pipeline_gives_the_pytorch_tags_and_scores(exported_model_dir):
+    images = _images(5)
+    eager = pipeline("multi-label-image-classification", model=str(exported_model_dir), device="cpu")
+    onnx_tagger = pipeline("multi-label-image-classification", model=str(exported_model_dir), backend="onnx")
+    direct = pipeline(
+        "multi-label-image-classification", model=SADCLOnnxModel.from_pretrained(exported_model_dir),
+        image_processor=str(exported_model_dir),
+    )  # fmt: skip
+    assert isinstance(onnx_tagger.model, SADCLOnnxModel) and isinstance(direct.model, SADCLOnnxModel)
+    expected = eager(images, threshold=0.0, batch_size=2)
+    scores = np.array([[item["score"] for item in sorted(row, key=lambda i: i["label"])] for row in expected])
+    # A threshold in the widest gap between the middle scores splits the labels about evenly (informative tags)
+    # and sits away from every score, so float rounding cannot flip a tag.
+    ordered = np.sort(scores.ravel())
+    middle = ordered[len(ordered) // 4 : 3 * len(ordered) // 4 + 1]
+    gap = int(np.argmax(np.diff(middle)))
+    threshold = float(middle[gap] + middle[gap + 1]) / 2
+    assert middle[gap + 1] - middle[gap] > 1e-3
+    for tagger in (onnx_tagger, direct):
+        actual = tagger(images, threshold=0.0, batch_size=2)
+        for expected_row, actual_row in zip(expected, actual):
+            assert [item["label"] for item in actual_row] == [item["label"] for item in expected_row]
+            np.testing.assert_allclose(
+                [item["score"] for item in actual_row], [item["score"] for item in expected_row], atol=1e-4, rtol=0
+            )
+        tags = [[item["label"] for item in row] for row in tagger(images, threshold=threshold)]
+        assert tags == [[item["label"] for item in row] for row in eager(images, threshold=threshold)]
+
+
+def test_onnx_backend_errors_name_the_missing_file(tiny_model_dir):
+    with pytest.raises(FileNotFoundError, match="onnx/model_quantized.onnx.*export_onnx.py"):
+        SADCLOnnxModel.from_pretrained(tiny_model_dir, file_name="onnx/model_quantized.onnx")
+    with pytest.raises(ValueError, match="backend must be"):
+        pipeline("multi-label-image-classification", model=str(tiny_model_dir), backend="tensorrt")
+
+
+def test_predict_script_onnx_backend_writes_the_pytorch_predictions(exported_model_dir, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index, image in enumerate(_images(3)):
+        image.save(folder / f"{index}.png")
+    records = {}
+    for backend in ("pytorch", "onnx"):
+        output = tmp_path / f"{backend}.jsonl"
+        command = [
+            sys.executable, str(ROOT / "scripts" / "predict.py"), "--model", str(exported_model_dir), str(folder),
+            "--output", str(output), "--backend", backend, "--threshold", "0.5", "--device", "cpu",
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        records[backend] = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["labels"] for r in records["onnx"]] == [r["labels"] for r in records["pytorch"]]
+    for onnx_record, eager_record in zip(records["onnx"], records["pytorch"]):
+        for name, score in eager_record["scores"].items():
+            assert abs(onnx_record["scores"][name] - score) <= 1e-4
+
+
+def test_static_int8_quantizes_the_convolutions_and_keeps_the_tags(tmp_path, capsys):
+    """A briefly trained model on digits-mosaic, exported with --quantize int8 calibrated on its validation split."""
+    options = {"num_train": 128, "num_validation": 64, "num_test": 96, "cache_dir": str(tmp_path / "cache")}
+    arguments = [
+        "--config", str(ROOT / "configs" / "demo.yaml"), "--stage", "baseline", "--output_dir", str(tmp_path / "run"),
+        "--dataset_options", json.dumps(options), "--max_steps", "40", "--logging_steps", "40",
+        "--per_device_eval_batch_size", "96", "--use_ema", "false",
+    ]  # fmt: skip
+    run_training(*parse_arguments(arguments))
+    model_dir = tmp_path / "run" / "model"
+    assert _load_script("export_onnx").main([
+        str(model_dir), "--quantize", "int8", "--calibration-dataset", "digits-mosaic", "--calibration-split",
+        "validation", "--calibration-samples", "64", "--dataset-options", json.dumps(options),
+    ]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    quantized = model_dir / "onnx" / "model_quantized.onnx"
+    graph = onnx.load(str(quantized)).graph
+    num_quantized, num_convolutions = count_quantized_convolutions(quantized)
+    assert num_convolutions >= 10 and num_quantized == num_convolutions  # every Conv reads dequantized int8
+    assert any(node.op_type == "QuantizeLinear" for node in graph.node)
+    metadata = {entry.key: json.loads(entry.value) for entry in onnx.load(str(quantized)).metadata_props}
+    assert metadata["id2label"] == {str(i): str(i) for i in range(10)}
+
+    line = next(line for line in printed.splitlines() if "test mAP" in line)
+    fp32_map = float(line.split("float32 ")[1].split(",")[0])
+    int8_map = float(line.split("int8 ")[1].split(" ")[0])
+    assert fp32_map > 60  # trained: far above the label prior
+    assert abs(int8_map - fp32_map) <= 1.0
+    assert float(line.split("tag agreement ")[1].split("%")[0]) >= 97.0
+    card = (model_dir / "README.md").read_text()
+    assert card.count("## ONNX Runtime") == 1 and f"{int8_map:.2f}" in card
+
+    images = [row["image"] for row in load_multilabel_dataset("digits-mosaic", split="test", **options)][:16]
+    eager = pipeline("multi-label-image-classification", model=str(model_dir), device="cpu")
+    int8 = pipeline("multi-label-image-classification", model=str(model_dir), backend="onnx-int8")
+    eager_tags = [{item["label"] for item in row} for row in eager(images)]
+    int8_tags = [{item["label"] for item in row} for row in int8(images)]
+    assert sum(a == b for a, b in zip(eager_tags, int8_tags)) >= 14  # whole-image tag sets
