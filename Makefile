@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo benchmark clean
+.PHONY: install test demo app benchmark clean
 
 # Create .venv and install the package with its test tools; redone when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -18,7 +18,12 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) scripts/demo.py --output-dir runs/demo
+	$(PY) scripts/demo.py --output-dir runs/demo --asl-control
+
+# The web tagger on the demo model (http://127.0.0.1:7860); `make demo` makes the model.
+app: $(STAMP)
+	@test -f runs/demo/model/config.json || { echo "runs/demo/model is missing: run 'make demo' first"; exit 1; }
+	$(PY) scripts/app.py --model runs/demo/model
 
 benchmark: $(STAMP)
 	$(PY) scripts/benchmark.py losses
