@@ -4,8 +4,6 @@ Every loader returns rows of the same schema:
 
 * `image`: `datasets.Image()` (decoded lazily to a `PIL.Image.Image` when a row is read);
 * `labels`: `datasets.List(datasets.ClassLabel(names=...))`, the ids of the classes present in the image;
-* `ignore` (PASCAL VOC with `difficult="ignore"` only): the same type, the ids of classes whose
-  presence is uncertain and that evaluation should skip for this image.
 
 so the class names travel with the data: `ds.features["labels"].feature.names`, or [`label_names`].
 """
@@ -72,17 +70,14 @@ def select_splits(split: Optional[str], available: Sequence[str], dataset: str) 
     return (split,)
 
 
-def multilabel_features(class_names: Sequence[str], with_ignore: bool = False) -> datasets.Features:
+def multilabel_features(class_names: Sequence[str]) -> datasets.Features:
     """The `datasets.Features` of a multi-label image dataset over `class_names` (in class-id order)."""
     class_names = list(class_names)
     if len(set(class_names)) != len(class_names):
         duplicates = sorted({name for name in class_names if class_names.count(name) > 1})
         raise ValueError(f"Class names must be unique, found duplicates: {duplicates}")
     class_label = datasets.ClassLabel(names=class_names)
-    columns = {"image": datasets.Image(), "labels": datasets.List(class_label)}
-    if with_ignore:
-        columns["ignore"] = datasets.List(datasets.ClassLabel(names=class_names))
-    return datasets.Features(columns)
+    return datasets.Features({"image": datasets.Image(), "labels": datasets.List(class_label)})
 
 
 def label_names(dataset: AnyDataset) -> list[str]:
@@ -147,7 +142,6 @@ def build_multilabel_dataset(
     class_names: Sequence[str],
     *,
     description: str,
-    ignore_ids: Optional[Sequence[Iterable[int]]] = None,
     skip_missing: bool = False,
     skip_unreadable: bool = False,
     drop_unlabeled: bool = False,
@@ -159,7 +153,6 @@ def build_multilabel_dataset(
         label_ids: per row, the ids (into `class_names`) of the classes present; sorted and de-duplicated here.
         class_names: class names in id order.
         description: what the rows are (e.g. `"COCO 2014 train"`), used in messages.
-        ignore_ids: per row, class ids to ignore in evaluation; adds an `ignore` column.
         skip_missing: drop rows whose image file does not exist (with a warning) instead of raising.
         skip_unreadable: decode every image and drop those that fail (with a warning); slow on large datasets.
         drop_unlabeled: drop rows without any label.
@@ -174,7 +167,6 @@ def build_multilabel_dataset(
         if ids and (ids[0] < 0 or ids[-1] >= num_classes):
             raise ValueError(f"{description}: image {paths[row]} has class id(s) outside [0, {num_classes}): {ids}")
         labels.append(ids)
-    ignores = None if ignore_ids is None else [sorted({int(i) for i in ids}) for ids in ignore_ids]
 
     keep = list(range(len(paths)))
     if drop_unlabeled:
@@ -204,8 +196,6 @@ def build_multilabel_dataset(
             keep = [row for row in keep if row not in failed]
 
     columns = {"image": [paths[row] for row in keep], "labels": [labels[row] for row in keep]}
-    if ignores is not None:
-        columns["ignore"] = [ignores[row] for row in keep]
-    features = multilabel_features(class_names, with_ignore=ignores is not None)
+    features = multilabel_features(class_names)
     info = datasets.DatasetInfo(description=description, features=features)
     return datasets.Dataset.from_dict(columns, features=features, info=info)

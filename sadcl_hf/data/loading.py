@@ -115,7 +115,7 @@ def load_multilabel_dataset(
         name: one of the names above (case-insensitive; `_` and `-` are interchangeable).
         root: the dataset's own folder as distributed (see each loader); not used by `"digits-mosaic"`.
         split: one split, or `None` for a `DatasetDict` of all splits.
-        **options: forwarded to the loader (e.g. `difficult="ignore"` for VOC, `drop_unlabeled=True`,
+        **options: forwarded to the loader (e.g. `difficult="positive"` for VOC, `drop_unlabeled=True`,
             `skip_missing=True`, `cache_dir=...` for digits-mosaic).
 
     Returns:

@@ -19,7 +19,7 @@ VOC_CLASSES = (
 )  # fmt: skip
 
 VOC_SPLITS = {2007: ("trainval", "test"), 2012: ("train", "val", "trainval")}
-VOC_DIFFICULT_MODES = ("negative", "positive", "ignore")
+VOC_DIFFICULT_MODES = ("negative", "positive")
 
 
 def _find_year_dir(root: str, year: int) -> str:
@@ -77,7 +77,7 @@ def _load_split(
     with open(list_path, encoding="utf-8") as handle:
         image_ids = [line.split()[0] for line in handle if line.strip()]
 
-    paths, labels, ignores, missing_annotations = [], [], [], []
+    paths, labels, missing_annotations = [], [], []
     for image_id in image_ids:
         annotation_path = os.path.join(year_dir, "Annotations", f"{image_id}.xml")
         if not os.path.isfile(annotation_path):
@@ -86,7 +86,6 @@ def _load_split(
         clear, difficult_only = _parse_annotation(annotation_path)
         paths.append(os.path.join(image_dir, f"{image_id}.jpg"))
         labels.append(clear | difficult_only if difficult == "positive" else clear)
-        ignores.append(difficult_only)
     if missing_annotations:
         raise FileNotFoundError(
             f"PASCAL VOC {year} {split}: {len(missing_annotations)} image(s) listed in {list_path} have no "
@@ -97,7 +96,6 @@ def _load_split(
         labels,
         VOC_CLASSES,
         description=f"PASCAL VOC {year} {split}",
-        ignore_ids=ignores if difficult == "ignore" else None,
         skip_missing=skip_missing,
         skip_unreadable=skip_unreadable,
     )
@@ -133,14 +131,16 @@ def load_voc(
       Query2Label do (they skip difficult objects when reading the XML files).
     * `"positive"`: such classes are labels, as in ML-GCN's training targets (difficult = 0 in the
       `{class}_{split}.txt` files, mapped to 1 for training).
-    * `"ignore"`: such classes are not labels and are listed in an extra `ignore` column
-      (`List(ClassLabel)`), for the VOC evaluation protocol (ML-GCN's evaluation), which skips them.
+
+    The VOC evaluation protocol, which leaves such (image, class) pairs out of the AP, is not implemented: the
+    metrics score every pair, so a test split loaded with `"negative"` counts them as negatives (what the official
+    SADCL and Query2Label evaluations do).
 
     Args:
         root: see above.
         split: 2007: `"trainval"`, `"test"`; 2012: `"train"`, `"val"`, `"trainval"`. `None`: all of them.
         year: 2007 or 2012.
-        difficult: `"negative"`, `"positive"` or `"ignore"`.
+        difficult: `"negative"` or `"positive"`.
         skip_missing: drop images whose JPEG is missing (warning) instead of raising `FileNotFoundError`.
         skip_unreadable: decode every image first and drop the unreadable ones (warning).
     """
