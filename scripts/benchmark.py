@@ -7,12 +7,14 @@ One subcommand per benchmark, each printing a table and optionally writing `--js
     python scripts/benchmark.py losses [--batch-size 32 --num-labels 80 --dim 1024 --repeats 20 --json out.json]
     python scripts/benchmark.py train-step [--preset tiny --batch-size 64 --precision fp32|bf16|fp16 --device auto]
     python scripts/benchmark.py inference [--preset tiny --batch-size 64 --source-size 256]
+    python scripts/benchmark.py data --dataset folder --root DIR [--make-images 352 --image-size 448]
 
 `losses` times forward + backward of SSCL + PSCL at paper scale (sadcl-hf in reference and corrected mode, against
 a dense `(B*V*K)^2` re-implementation of the released algorithm kept here only as the baseline) and measures the
 peak extra resident memory of each variant in a fresh subprocess. `train-step` measures images/s and peak memory
 (CUDA allocator peak on a GPU, peak RSS on CPU) of whole training steps; `inference` compares the tagging pipeline
-with the bare model forward on the same batch.
+with the bare model forward on the same batch; `data` measures images/s of one data-loading worker on the training
+path (decode + the paper's augmentation + collate) on JPEGs it can write itself (`--make-images N`).
 """
 
 from __future__ import annotations
@@ -386,10 +388,89 @@ def run_inference(args: argparse.Namespace) -> Dict[str, object]:
     return payload
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def make_folder_images(root: str, count: int, size: tuple = (640, 480), seed: int = 0) -> None:
+    """Writes `count` COCO-like JPEGs (`size` = (width, height), quality 90) with a `metadata.jsonl` to `root`:
+    random crops of scikit-learn's sample photographs, resized, some flipped, each with 1-3 of 5 labels."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    os.makedirs(root, exist_ok=True)
+    photos = [Image.fromarray(array) for array in load_sample_images().images]
+    rng = np.random.default_rng(seed)
+    names = ["china", "flower", "sky", "stone", "leaf"]
+    with open(os.path.join(root, "metadata.jsonl"), "w") as metadata:
+        for index in range(count):
+            photo = photos[index % len(photos)]
+            left, top = (int(rng.integers(0, side // 4)) for side in photo.size)
+            crop = photo.crop((left, top, left + photo.width * 3 // 4, top + photo.height * 3 // 4))
+            image = crop.resize(size, Image.BICUBIC)
+            if rng.random() < 0.5:
+                image = image.transpose(Image.FLIP_LEFT_RIGHT)
+            file_name = f"{index:06d}.jpg"
+            image.save(os.path.join(root, file_name), quality=90)
+            labels = sorted(rng.choice(names, size=int(rng.integers(1, 4)), replace=False).tolist())
+            metadata.write(json.dumps({"file_name": file_name, "labels": labels}) + "\n")
+    print(f"wrote {count} {size[0]}x{size[1]} JPEGs and metadata.jsonl to {root}")
+
+
+def run_data(args: argparse.Namespace) -> Dict[str, object]:
+    """`data`: images/s of one data-loading worker on the training path (dataset row with its decoded image, the
+    training transform of the paper's recipe at `--image-size`, collation), single process and single thread."""
+    from sadcl_hf.data import MultiLabelCollator, build_train_transform, load_multilabel_dataset
+
+    torch.set_num_threads(args.threads or 1)
+    if args.make_images:
+        make_folder_images(args.root, args.make_images)
+    dataset = load_multilabel_dataset(args.dataset, root=args.root, split=args.split)
+    num_labels = len(dataset.features["labels"].feature.names)
+    transform = build_train_transform(args.image_size, randaugment=args.randaugment, cutout=args.cutout)
+    collator = MultiLabelCollator(num_labels, transform)
+    generator = torch.Generator().manual_seed(0)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=True, collate_fn=collator, generator=generator, drop_last=True
+    )
+    if len(loader) < 2:
+        raise SystemExit(f"{args.root}: need at least {2 * args.batch_size} images (one warm-up batch)")
+    wall, cpu, count = 0.0, 0.0, 0
+    batches = iter(loader)
+    next(batches)
+    for _ in range(min(args.batches, len(loader) - 1)):
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
+        batch = next(batches)
+        wall += time.perf_counter() - start_wall
+        cpu += time.process_time() - start_cpu
+        count += batch["pixel_values"].shape[0]
+    row = {
+        "dataset": args.dataset,
+        "image_size": args.image_size,
+        "batch": args.batch_size,
+        "images": count,
+        "augment": "crop+flip" + ("+randaugment" if args.randaugment else "") + ("+cutout" if args.cutout else ""),
+        "images_per_s": count / wall,
+        "images_per_cpu_s": count / cpu,
+    }
+    print_table(
+        "training data path, one worker (1 thread): decode + augmentation + collate; the paper's recipe needs about "
+        "60 img/s per worker (images_per_cpu_s ignores time lost to other processes on a shared machine)",
+        [row],
+        list(row),
+    )
+    payload = {"benchmark": "data", "config": vars(args), "results": [row]}
+    write_json(args.json, payload)
+    return payload
+
+
 SUBCOMMANDS: Dict[str, Callable[[argparse.Namespace], Dict[str, object]]] = {
     "losses": run_losses,
     "train-step": run_train_step,
     "inference": run_inference,
+    "data": run_data,
 }
 
 
@@ -426,6 +507,17 @@ def build_parser() -> argparse.ArgumentParser:
     inference.add_argument("--device", default="auto")
     inference.add_argument("--warmup", type=int, default=2)
     inference.add_argument("--repeats", type=int, default=10)
+
+    data = subparsers.add_parser("data", parents=[common], help="training data path images/s per worker")
+    data.add_argument("--dataset", default="folder", help="a sadcl_hf.data.DATASET_NAMES entry")
+    data.add_argument("--root", required=True, help="the dataset's folder")
+    data.add_argument("--split", default="train")
+    data.add_argument("--make-images", type=int, default=0, metavar="N", help="first write N 640x480 JPEGs to --root")
+    data.add_argument("--image-size", type=int, default=448)
+    data.add_argument("--batch-size", type=int, default=32)
+    data.add_argument("--batches", type=int, default=10, help="timed batches (after one warm-up batch)")
+    data.add_argument("--randaugment", action="store_true")
+    data.add_argument("--cutout", action="store_true")
     return parser
 
 
