@@ -195,7 +195,8 @@ def test_model_and_trainer_push_to_hub_publish_the_sadcl_card(tiny_model_dir, tm
     assert card.data.model_name == trainer_repo and "sadcl" in card.data.tags
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert results["map"] == round(metrics["eval_map"], 2) and results["cf1"] == round(metrics["eval_cf1"], 2)
-    assert "| max_steps | 1 |" in card.text and f'from_pretrained("{trainer_repo}", trust_remote_code=True)' in card.text
+    assert "| max_steps | 1 |" in card.text
+    assert f'from_pretrained("{trainer_repo}", trust_remote_code=True)' in card.text
     assert "automatically generated" not in card.text  # not transformers' draft
     assert hub.unhandled == []
 

@@ -6,11 +6,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 import yaml
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
-from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from sadcl_hf.trainer import SADCLTrainer, SADCLTrainingArguments
 from sadcl_hf.training import parse_arguments, run_training
@@ -96,7 +103,11 @@ def test_two_stage_recipe_end_to_end(tmp_path, data_options):
     model = AutoModelForImageClassification.from_pretrained(stage1 / "model")
     assert model.config.label_names == [str(i) for i in range(10)]
     assert model.config.objective == "asl"
-    assert AutoImageProcessor.from_pretrained(stage1 / "model").size == {"height": 64, "width": 64}
+    processor = AutoImageProcessor.from_pretrained(stage1 / "model")
+    assert processor.size == {"height": 64, "width": 64}
+    backbone_cfg = timm.get_pretrained_cfg(model.config.backbone)  # the normalisation is the backbone's
+    assert processor.image_mean == pytest.approx(backbone_cfg.mean)
+    assert processor.image_std == pytest.approx(backbone_cfg.std)
 
     stage2 = tmp_path / "stage2"
     metrics = _train(
@@ -111,7 +122,7 @@ def test_two_stage_recipe_end_to_end(tmp_path, data_options):
     assert final.config.objective == "sadcl"
     # the run's results (the exported EMA's, not stage 1's) are recorded in the config and shown on the card
     summary = final.config.training_summary
-    assert (summary["dataset_name"], summary["stage"], summary["eval_split"]) == ("digits-mosaic", "sadcl", "validation")
+    assert [summary[key] for key in ("dataset_name", "stage", "eval_split")] == ["digits-mosaic", "sadcl", "validation"]
     assert summary["metrics"]["map"] == pytest.approx(metrics["eval_ema_map"])
     card = ModelCard.load(stage2 / "model" / "README.md")
     assert {r.metric_type: r.metric_value for r in card.data.eval_results}["map"] == round(metrics["eval_ema_map"], 2)
@@ -143,13 +154,20 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, data_options):
             torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=1e-6, msg=f"{name}: {key}")
 
 
-def test_bf16_autocast_on_cpu(tmp_path, data_options):
-    metrics = _train(tmp_path, data_options, "--stage", "single", "--max_steps", "2", "--bf16", "--no_use_ema")
+def test_out_of_memory_settings_bf16_smaller_backbone_and_images(tmp_path, data_options):
+    """The README's out-of-memory advice: bf16 (CPU autocast here), another timm backbone, a smaller image size."""
+    metrics = _train(
+        tmp_path, data_options, "--stage", "single", "--max_steps", "2", "--bf16", "--no_use_ema",
+        "--backbone", "mobilenetv3_small_050", "--image_size", "32",
+    )  # fmt: skip
     log = [entry for entry in json.loads((tmp_path / "train_log.json").read_text()) if "loss" in entry]
     assert len(log) == 2
     assert all(math.isfinite(entry[name]) for entry in log for name in ("loss", "asl", "sscl", "pscl"))
     assert "eval_ema_map" not in metrics and math.isfinite(metrics["eval_map"])
     weights = load_file(tmp_path / "model" / "model.safetensors")  # autocast: the weights stay float32
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "model")
+    assert (model.config.backbone, model.config.image_size) == ("mobilenetv3_small_050", 32)
+    assert AutoImageProcessor.from_pretrained(tmp_path / "model").size == {"height": 32, "width": 32}
     assert {value.dtype for value in weights.values() if value.is_floating_point()} == {torch.float32}
 
 
@@ -266,17 +284,19 @@ def _trainer_arguments(output_dir, **overrides) -> SADCLTrainingArguments:
 
 
 class _MicroBatchRecorder(SADCLTrainer):
-    """Records each training micro-batch's loss and components."""
+    """Records each training micro-batch's loss and components, and the memory bank before and after it."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.micro_batches = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        bank_before = model.memory_bank.clone()
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
         if model.training:
             components = {name: outputs[f"{name}_loss"].item() for name in ("asl", "sscl", "pscl")}
-            self.micro_batches.append({"loss": loss.item(), **components})
+            banks = {"bank_before": bank_before, "bank_after": model.memory_bank.clone()}
+            self.micro_batches.append({"loss": loss.item(), **components, **banks})
         return (loss, outputs) if return_outputs else loss
 
 
@@ -312,8 +332,9 @@ def test_gradient_accumulation_averages_like_the_full_batch(tmp_path, trainer_cl
 
 
 def test_gradient_accumulation_logs_the_mean_of_the_micro_batches(tmp_path):
-    """Objective `sadcl`: the logged loss and components are the mean over the micro-batches, not their sum."""
-    model = make_tiny_model(dropout=0.0)
+    """Objective `sadcl`: the logged loss and components are the mean over the micro-batches, not their sum; the
+    memory bank has one row per micro-batch sample and each micro-batch reads what the previous one wrote."""
+    model = make_tiny_model(dropout=0.0, memory_bank_threshold=0.0)
     args = _trainer_arguments(
         tmp_path, max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=2, learning_rate=1e-4
     )
@@ -327,6 +348,10 @@ def test_gradient_accumulation_logs_the_mean_of_the_micro_batches(tmp_path):
             values = [micro_batch[name] for micro_batch in micro_batches]
             assert log[name] == pytest.approx(sum(values) / 2, rel=1e-4, abs=1e-4), (step, name)
         assert log["loss"] < sum(micro_batch["loss"] for micro_batch in micro_batches) * 0.9
+    for previous, current in zip(trainer.micro_batches, trainer.micro_batches[1:]):
+        assert current["bank_before"].shape == (2, 5, 128)
+        assert torch.equal(current["bank_before"], previous["bank_after"])
+        assert not torch.equal(current["bank_after"], current["bank_before"])
 
 
 def _sadcl_model_with_bank_threshold_zero():
@@ -341,7 +366,8 @@ def test_evaluation_leaves_the_memory_bank_untouched(tmp_path, eval_batch_size):
         tmp_path, max_steps=2, per_device_train_batch_size=4, per_device_eval_batch_size=eval_batch_size,
         use_ema=True, ema_decay=0.5,
     )  # fmt: skip
-    trainer = SADCLTrainer(model=model, args=args, train_dataset=_RandomImages(8), eval_dataset=_RandomImages(8, seed=1))
+    train, evaluation = _RandomImages(8), _RandomImages(8, seed=1)
+    trainer = SADCLTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation)
     trainer.train()
     bank = model.memory_bank.clone()
     assert bank.shape == (4, 5, 128)
@@ -389,3 +415,25 @@ class _BankRecorder(TrainerCallback):
 
     def on_evaluate(self, args, state, control, **kwargs):
         self.after_evaluation.append(self.model.memory_bank.clone())
+
+
+def test_short_runs_warm_up_the_learning_rate_and_the_ema(tmp_path):
+    """The one-cycle schedule ramps the learning rate up first; in a short run the EMA at decay 0.9998 lags far behind
+    the weights, and `ema_warmup` makes it follow them."""
+    ema_lags = {}
+    for ema_warmup in (False, True):
+        model = make_tiny_model(objective="asl", dropout=0.0)
+        initial = {name: value.clone() for name, value in model.state_dict().items()}
+        args = _trainer_arguments(
+            tmp_path / str(ema_warmup), max_steps=6, per_device_train_batch_size=2, learning_rate=1e-3,
+            one_cycle_pct_start=0.5, use_ema=True, ema_warmup=ema_warmup,
+        )  # fmt: skip
+        trainer = SADCLTrainer(model=model, args=args, train_dataset=_RandomImages(12))
+        trainer.train()
+        rates = [entry["learning_rate"] for entry in trainer.state.log_history if "loss" in entry]
+        assert rates[0] < rates[1] < rates[2] and rates[-1] < max(rates) / 10  # up, then annealed
+        ema, trained = trainer.ema.module.state_dict(), model.state_dict()
+        keys = [key for key, value in trained.items() if value.is_floating_point()]
+        moved = sum((trained[key] - initial[key]).norm() for key in keys)
+        ema_lags[ema_warmup] = (sum((ema[key] - trained[key]).norm() for key in keys) / moved).item()
+    assert ema_lags[False] > 0.5 and ema_lags[True] < ema_lags[False] / 2
