@@ -25,6 +25,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_sadcl import SADCLConfig
@@ -122,10 +123,11 @@ class SADCLBackbone(nn.Module):
             if not config.use_timm_backbone:
                 raise ValueError("backbone_frozen_stages needs a timm backbone; set it to -1 for a transformers one")
             freeze(self.body, self._frozen_children(config.backbone_frozen_stages))
-        # The backbone initialised (or loaded) these tensors, so `post_init` keeps them. `from_pretrained` replaces
-        # them by new tensors, flagged only where the checkpoint holds them: `_init_weights` sets the missing ones.
-        for tensor in itertools.chain(self.body.parameters(), self.body.buffers()):
-            tensor._is_hf_initialized = True
+        # The backbone initialised (or loaded) these tensors: `post_init` keeps them. Not under `from_pretrained`
+        # (meta device), which flags the tensors the checkpoint holds and has `_init_weights` set the missing ones.
+        if not _is_meta_init():
+            for tensor in itertools.chain(self.body.parameters(), self.body.buffers()):
+                tensor._is_hf_initialized = True
 
     @staticmethod
     def _transformers_body(config: SADCLConfig, pretrained: bool) -> nn.Module:
@@ -210,12 +212,20 @@ class SADCLSinePositionEncoding(nn.Module):
         return torch.cat((pos_y, pos_x), dim=-1).permute(2, 0, 1).unsqueeze(0).to(feature_map.dtype)
 
 
+def eager_attention_forward(module, query, key, value, attention_mask, scaling: float, dropout: float = 0.0, **kwargs):
+    """query [B, heads, Q, d], key/value [B, heads, N, d] -> (output [B, Q, heads, d], weights [B, heads, Q, N])."""
+    weights = torch.softmax(torch.matmul(query, key.transpose(2, 3)) * scaling, dim=-1)
+    attended = torch.matmul(F.dropout(weights, p=dropout, training=module.training), value)
+    return attended.transpose(1, 2).contiguous(), weights
+
+
 class SADCLAttention(nn.Module):
     """Multi-head attention with `nn.MultiheadAttention`'s parameters (`in_proj_weight` [3D, D], `in_proj_bias` [3D],
     `out_proj`), so official and earlier checkpoints load unchanged.
 
-    `config._attn_implementation` picks the kernel: `"sdpa"` (`torch.nn.functional.scaled_dot_product_attention`) or
-    `"eager"` (explicit softmax). Calls that request the weights always take the eager path.
+    `config._attn_implementation` picks the kernel from transformers' `ALL_ATTENTION_FUNCTIONS` (`"sdpa"`:
+    `torch.nn.functional.scaled_dot_product_attention`; `"eager"`: explicit softmax). Calls that request the weights
+    take the eager path.
     """
 
     def __init__(self, config: SADCLConfig):
@@ -223,7 +233,9 @@ class SADCLAttention(nn.Module):
         self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_dim // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
         self.dropout = config.dropout
+        self.is_causal = False
         self.in_proj_weight = nn.Parameter(torch.empty(3 * config.hidden_dim, config.hidden_dim))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * config.hidden_dim))
         self.out_proj = nn.Linear(config.hidden_dim, config.hidden_dim)
@@ -242,15 +254,15 @@ class SADCLAttention(nn.Module):
         query = self._heads(query, weights_q, bias_q)
         key = self._heads(key, weights_k, bias_k)
         value = self._heads(value, weights_v, bias_v)
-        dropout = self.dropout if self.training else 0.0
-        weights = None
-        if output_attentions or self.config._attn_implementation == "eager":
-            weights = torch.softmax(query @ key.transpose(-1, -2) / math.sqrt(self.head_dim), dim=-1)
-            attended = F.dropout(weights, p=dropout, training=self.training) @ value
-        else:
-            attended = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout)
-        attended = attended.transpose(1, 2).flatten(2)
-        return self.out_proj(attended), weights if output_attentions else None
+        attention_interface = eager_attention_forward
+        if not output_attentions:
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+        attended, weights = attention_interface(
+            self, query, key, value, None, dropout=self.dropout if self.training else 0.0, scaling=self.scaling
+        )
+        return self.out_proj(attended.flatten(2)), weights if output_attentions else None
 
 
 class SADCLPostNormLayer(GradientCheckpointingLayer):

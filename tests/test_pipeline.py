@@ -19,6 +19,7 @@ from transformers import pipeline
 from sadcl_hf import MULTI_LABEL_TASK, MultiLabelImageClassificationPipeline, SADCLConfig, SADCLForImageClassification
 from sadcl_hf.attention_maps import class_attention_maps, colorize, render_attention_grid, save_attention_maps
 from sadcl_hf.data import ImageLoadError, load_image
+from sadcl_hf.evaluation import sigmoid
 from sadcl_hf.image_processing import image_processor_for_config
 from sadcl_hf.pipeline import check_label_names, resolve_thresholds
 
@@ -46,10 +47,10 @@ def tagger(tiny_model_dir):
 
 
 def reference_scores(tagger, image) -> np.ndarray:
-    """Sigmoid scores [K] computed directly with the model and its image processor."""
+    """Sigmoid scores [K] computed directly with the model and its image processor (float64, as the pipeline)."""
     pixel_values = tagger.image_processor(images=load_image(image), return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        return torch.sigmoid(tagger.model(pixel_values).logits)[0].double().numpy()
+        return sigmoid(tagger.model(pixel_values).logits[0].double().numpy())
 
 
 def test_task_is_registered_and_returns_labels_reaching_the_threshold(tagger):
