@@ -252,7 +252,14 @@ def _q2l_checkpoint(state_dict: dict, path: Path, numpy1_scalar: bool, **extra) 
     return path
 
 
-def test_released_checkpoint_pkl_converts_with_the_script(tmp_path):
+def _script_main():
+    """`main(argv)` of scripts/convert_official_checkpoint.py, run in this process."""
+    import runpy
+
+    return runpy.run_path(str(SCRIPT), run_name="convert_official_checkpoint")["main"]
+
+
+def test_released_checkpoint_pkl_converts_with_the_script(tmp_path, capsys):
     files = fixture_files("resnet101")
     checkpoint = _q2l_checkpoint(load_file(files["state_dict"]), tmp_path / "checkpoint.pkl", numpy1_scalar=True)
     assert b"numpy.core.multiarray\nscalar" in _pickle_bytes(checkpoint)
@@ -262,12 +269,8 @@ def test_released_checkpoint_pkl_converts_with_the_script(tmp_path):
     names = tmp_path / "labels.txt"
     names.write_text("\n".join(f"tag {i}" for i in range(6)))
     output = tmp_path / "converted"
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(checkpoint), str(output), "--id2label", str(names), "--image-size", "96"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "resnet101.tv_in1k (timm), 6 classes" in result.stdout
+    assert _script_main()([str(checkpoint), str(output), "--id2label", str(names), "--image-size", "96"]) == 0
+    assert "resnet101.tv_in1k (timm), 6 classes" in capsys.readouterr().out
     model = AutoModelForImageClassification.from_pretrained(output)
     assert model.config.label_names == [f"tag {i}" for i in range(6)]
     assert_matches_fixture(model, files["io"])
@@ -357,33 +360,34 @@ def test_converted_model_runs_at_another_resolution(family, size, grid, converte
     assert out.attentions[-1].shape[-1] == grid * grid  # one weight per cell of the backbone's grid
 
 
-@pytest.mark.parametrize("family", ["tresnetl", "cvt_w24_384"])
-def test_remote_code_loads_a_converted_model_without_sadcl_hf(family, converted):
-    """Either backbone kind (timm, transformers) loads with trust_remote_code where sadcl_hf is not importable."""
-    folder = converted(family)
+def test_remote_code_loads_converted_models_without_sadcl_hf(converted):
+    """Either backbone kind (timm: TResNet, transformers: CvT) loads with trust_remote_code where sadcl_hf is not
+    importable, reproduces the official logits and tags through the image-classification pipeline."""
+    folders = {family: str(converted(family)) for family in ("tresnetl", "cvt_w24_384")}
     script = textwrap.dedent(
         f"""
         import sys
         sys.modules["sadcl_hf"] = None
         import torch
+        from PIL import Image
         from safetensors.torch import load_file
         from transformers import AutoModelForImageClassification, pipeline
-        model = AutoModelForImageClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
-        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        io = load_file({str(LOCAL_FIXTURES / f"{family}_io.safetensors")!r})
-        with torch.no_grad():
-            out = model(io["pixel_values"].float())
-        print("error", (out.logits - io["logits"].float()).abs().max().item())
-        from PIL import Image
-        tagger = pipeline("image-classification", model={str(folder)!r}, trust_remote_code=True, device="cpu")
-        print("labels", len(tagger(Image.new("RGB", (120, 90)), top_k=6)))
+        for family, folder in {folders!r}.items():
+            model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+            assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+            io = load_file(f"{LOCAL_FIXTURES}/{{family}}_io.safetensors")
+            with torch.no_grad():
+                error = (model(io["pixel_values"].float()).logits - io["logits"].float()).abs().max().item()
+            tagger = pipeline("image-classification", model=folder, trust_remote_code=True, device="cpu")
+            print(family, "error", error, "labels", len(tagger(Image.new("RGB", (120, 90)), top_k=6)))
         """
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    error = float(re.search(r"error (\S+)", result.stdout).group(1))
-    assert error <= 1e-4 and "labels 6" in result.stdout
+    for family in folders:
+        error, labels = re.search(rf"{family} error (\S+) labels (\d+)", result.stdout).groups()
+        assert float(error) <= 1e-4 and labels == "6"
 
 
 def test_both_pipelines_tag_with_a_converted_model(converted):
