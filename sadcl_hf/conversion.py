@@ -226,7 +226,8 @@ def _tresnet_backbone(state_dict: dict) -> dict[str, Any]:
 
 def _swin_backbone(state_dict: dict, image_size: int) -> dict[str, Any]:
     """Official Swin under `backbone.0.` -> timm `swin_large_patch4_window12_384` with the sizes read from the
-    tensors (heads from the relative-position tables, window from their length) and the final norm."""
+    tensors (heads from the relative-position tables, window from their length) and the final norm. The official
+    model only runs at its training size; `dynamic_img_size` builds the attention masks for any input size."""
     prefix = "backbone.0."
     depths = tuple(
         _count(state_dict, rf"{prefix}layers\.{i}\.blocks\.(\d+)\.")
@@ -240,7 +241,7 @@ def _swin_backbone(state_dict: dict, image_size: int) -> dict[str, Any]:
         "window_size": (math.isqrt(tables[0].shape[0]) + 1) // 2,
     }
     kwargs = {key: list(value) if isinstance(value, tuple) else value for key, value in sizes.items()}
-    kwargs = {"img_size": image_size, **({} if sizes == _SWIN_LARGE else kwargs)}
+    kwargs = {"img_size": image_size, "dynamic_img_size": True, **({} if sizes == _SWIN_LARGE else kwargs)}
     return {
         "backbone": "swin_large_patch4_window12_384",
         "backbone_kwargs": kwargs,
@@ -474,7 +475,7 @@ def _zoo_entry(config: SADCLConfig) -> ZooModel | None:
     """The released Query2Label model with this backbone and training size, if any."""
     for entry in Q2L_MODEL_ZOO:
         if entry.backbone == config.backbone and entry.image_size == config.image_size and config.num_labels == 80:
-            if config.backbone_kwargs is None or set(config.backbone_kwargs) <= {"img_size"}:
+            if config.backbone_kwargs is None or set(config.backbone_kwargs) <= {"img_size", "dynamic_img_size"}:
                 return entry
     return None
 

@@ -133,7 +133,7 @@ FULL_SIZE = {
     "swin_l_384": (
         {
             "backbone": "swin_large_patch4_window12_384",
-            "backbone_kwargs": {"img_size": 384},
+            "backbone_kwargs": {"img_size": 384, "dynamic_img_size": True},
             "backbone_layer_norm": True,
             "backbone_frozen_stages": -1,
             "image_size": 384,
@@ -350,7 +350,7 @@ def test_saved_processor_is_the_released_inference_preprocessing(tmp_path, orid_
     assert error.mean().item() < 1e-3
 
 
-@pytest.mark.parametrize("family, size, grid", [("resnet101", 128, 4), ("cvt_w24_384", 128, 8)])
+@pytest.mark.parametrize("family, size, grid", [("resnet101", 128, 4), ("swin_l_384", 448, 14), ("cvt_w24_384", 128, 8)])
 def test_converted_model_runs_at_another_resolution(family, size, grid, converted):
     """Query2Label stored its position table for one size; here it is recomputed for the input's grid."""
     model = AutoModelForImageClassification.from_pretrained(converted(family)).eval()
