@@ -274,8 +274,8 @@ class _RandomImages(torch.utils.data.Dataset):
 
 
 _QUIET_TRAINING = {
-    "report_to": [], "dataloader_num_workers": 0, "logging_steps": 1, "save_strategy": "no", "seed": 0,
-    "disable_tqdm": True,
+    "report_to": [], "dataloader_num_workers": 0, "dataloader_pin_memory": False, "logging_steps": 1,
+    "save_strategy": "no", "seed": 0, "disable_tqdm": True,
 }  # fmt: skip
 
 
