@@ -19,6 +19,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from sadcl_hf.model_card import record_training_summary
 from sadcl_hf.trainer import SADCLTrainer, SADCLTrainingArguments
 from sadcl_hf.training import parse_arguments, run_training
 
@@ -437,3 +438,23 @@ def test_short_runs_warm_up_the_learning_rate_and_the_ema(tmp_path):
         moved = sum((trained[key] - initial[key]).norm() for key in keys)
         ema_lags[ema_warmup] = (sum((ema[key] - trained[key]).norm() for key in keys) / moved).item()
     assert ema_lags[False] > 0.5 and ema_lags[True] < ema_lags[False] / 2
+
+def test_trainer_card_describes_this_run(tmp_path):
+    """Training drops the results a loaded model recorded; the trainer's card shows its own latest evaluation and
+    needs the evaluation dataset's name for the model-index."""
+    model = make_tiny_model(objective="asl")
+    record_training_summary(model, {"map": 99.0}, "coco2014", stage="baseline")
+    trainer = SADCLTrainer(
+        model=model, args=_trainer_arguments(tmp_path, max_steps=1, per_device_train_batch_size=4),
+        train_dataset=_RandomImages(4), eval_dataset=_RandomImages(4, seed=1),
+    )  # fmt: skip
+    trainer.train()
+    assert model.config.training_summary is None
+    metrics = trainer.evaluate()
+    with pytest.raises(ValueError, match="dataset="):
+        trainer.create_model_card()
+    trainer.create_model_card(dataset="voc2007")
+    card = ModelCard.load(tmp_path / "README.md")
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results["map"] == round(metrics["eval_map"], 2) and card.data.datasets == ["voc2007"]
+    assert "Recipe stage" not in card.text
