@@ -36,15 +36,25 @@ __all__ = [
     "label_names_for_dataset",
     "load_official_checkpoint",
     "load_official_state_dict",
+    "q2l_zoo_model",
 ]
 
 _IMAGENET_MEAN = [0.485, 0.456, 0.406]
 _IMAGENET_STD = [0.229, 0.224, 0.225]
-Q2L_REPOSITORY = "https://github.com/SlongLiu/query2labels"
-Q2L_LICENSE_NOTE = (
-    "The Query2Label repository (github.com/SlongLiu/query2labels, commit 55eb050) publishes the checkpoints without "
-    "a licence file; ask its authors before redistributing the weights."
-)
+# Where each release's code and weights come from, and what its licence allows (neither repository has a licence
+# file, so the card says so instead of naming one).
+_SOURCES = {
+    "query2label": (
+        "https://github.com/SlongLiu/query2labels",
+        "The Query2Label repository (github.com/SlongLiu/query2labels) publishes its code and checkpoints without a "
+        "licence file; ask its authors before redistributing the weights.",
+    ),
+    "sadcl": (
+        "https://github.com/yu-gi-oh-leilei/SADCL",
+        "The SADCL repository (github.com/yu-gi-oh-leilei/SADCL) publishes its code without a licence file; ask its "
+        "authors before redistributing weights trained with it.",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -471,7 +481,7 @@ def _read_label_names(path: Path) -> dict[int, str]:
 
 
 # ------------------------------------------------------------------------------------------------------ saving
-def _zoo_entry(config: SADCLConfig) -> ZooModel | None:
+def q2l_zoo_model(config: SADCLConfig) -> ZooModel | None:
     """The released Query2Label model with this backbone and training size, if any."""
     for entry in Q2L_MODEL_ZOO:
         if entry.backbone == config.backbone and entry.image_size == config.image_size and config.num_labels == 80:
@@ -480,20 +490,25 @@ def _zoo_entry(config: SADCLConfig) -> ZooModel | None:
     return None
 
 
-def _source_section(checkpoint: Path, config: SADCLConfig, reported_map: float | None) -> str:
-    """The model card's account of where the weights come from."""
-    entry = _zoo_entry(config)
+def _source_section(checkpoint: Path, config: SADCLConfig, release: str, reported_map: float | None) -> str:
+    """The model card's account of where the weights come from (`release`: "query2label" or "sadcl")."""
+    repository, licence = _SOURCES[release]
+    entry = q2l_zoo_model(config) if release == "query2label" else None
+    name = f"the Query2Label model zoo's **{entry.name}**" if entry else f"an official {release} checkpoint"
     lines = ["", "## Source", ""]
-    name = f"the Query2Label model zoo's **{entry.name}**" if entry else "an official SADCL/Query2Label checkpoint"
     lines.append(
-        f"Converted with `scripts/convert_official_checkpoint.py` from {name} (file `{checkpoint.name}`; "
-        f"code: {Q2L_REPOSITORY}). The architecture is Query2Label's, which is SADCL's stage 1 (SARL); the projector "
-        "and prototypes are freshly initialised (`scripts/train.py --stage sadcl` computes the prototypes)."
+        f"Converted with `scripts/convert_official_checkpoint.py` from {name} (file `{checkpoint.name}`; code: "
+        f"{repository}). The architecture is Query2Label's, which is SADCL's stage 1 (SARL)."
+        + (" The projector and prototypes are new (`scripts/train.py --stage sadcl` computes the prototypes)."
+           if release == "query2label" else "")
     )
-    reported = reported_map if reported_map is not None else (entry.reported_map if entry else None)
-    if reported is not None:
-        lines += ["", f"Reported MS-COCO 2014 mAP: **{reported:.1f}** — as reported by its authors, not measured here."]
-    lines += ["", f"Licence: {Q2L_LICENSE_NOTE}", ""]
+    if reported_map is not None:
+        lines += ["", f"Reported mAP (`best_mAP` in the checkpoint): **{reported_map:.1f}** — as reported by its "
+                  "authors' run, not measured here."]
+    elif entry is not None:
+        lines += ["", f"Reported MS-COCO 2014 mAP: **{entry.reported_map:.1f}** — as reported by its authors, not "
+                  "measured here."]
+    lines += ["", f"Licence: {licence}", ""]
     return "\n".join(lines)
 
 
@@ -563,6 +578,7 @@ def convert_official_checkpoint(
         license="unknown",
         tags=["converted"],
     )
-    card.content = card.content + _source_section(checkpoint, config, reported_map)
+    release = "sadcl" if "prototypes" in state_dict else "query2label"
+    card.content = card.content + _source_section(checkpoint, config, release, reported_map)
     card.save(output_dir / "README.md")
     return model

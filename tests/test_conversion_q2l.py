@@ -26,6 +26,7 @@ from sadcl_hf.conversion import (
     convert_official_state_dict,
     label_names_for_dataset,
     load_official_checkpoint,
+    q2l_zoo_model,
 )
 
 from .conftest import FIXTURES_DIR, require_shared_reference
@@ -212,6 +213,7 @@ def test_full_size_resnet101_is_inferred_and_every_tensor_fits():
     }
     assert {key: tuple(value.shape) for key, value in converted.items()} == expected
     assert config.label_names == COCO_LABELS
+    assert q2l_zoo_model(config).name == "Q2L-R101-448" and q2l_zoo_model(config).reported_map == 84.9
 
 
 def _q2l_checkpoint(state_dict: dict, path: Path, numpy1_scalar: bool, **extra) -> Path:
