@@ -19,7 +19,6 @@ from transformers import AutoModelForImageClassification, pipeline
 from sadcl_hf.onnx_export import ONNX_FILE_NAME, count_quantized_convolutions, export_onnx, verify_onnx
 from sadcl_hf.onnx_runtime import SADCLOnnxModel
 from sadcl_hf.data import load_multilabel_dataset
-from sadcl_hf.training import parse_arguments, run_training
 
 from .conftest import make_tiny_model
 
@@ -143,16 +142,34 @@ def test_predict_script_onnx_backend_writes_the_pytorch_predictions(exported_mod
             assert abs(onnx_record["scores"][name] - score) <= 1e-4
 
 
+def _linear_probe_model(folder: Path, options: dict) -> None:
+    """A tiny model whose group-wise classifier is fitted (per-class logistic regression, scikit-learn) on the
+    label features of digits-mosaic training images: a trained classifier in seconds, saved to `folder`."""
+    from sklearn.linear_model import LogisticRegression
+
+    from sadcl_hf.image_processing import image_processor_for_config
+    from sadcl_hf.onnx_export import evaluation_batches
+
+    model = make_tiny_model(num_labels=10, seed=2).eval()
+    model.config.id2label = {index: str(index) for index in range(10)}
+    model.config.label2id = {str(index): index for index in range(10)}
+    batches, targets = evaluation_batches(model.config, "digits-mosaic", "train", **options)
+    with torch.no_grad():
+        features = torch.cat([model(torch.from_numpy(batch)).label_features for batch in batches]).numpy()
+        for index in range(10):
+            probe = LogisticRegression(max_iter=500).fit(features[:, index], targets[:, index])
+            model.classifier.weight[index] = torch.from_numpy(probe.coef_[0])
+            model.classifier.bias[index] = float(probe.intercept_[0])
+    model.save_pretrained(folder)
+    image_processor_for_config(model.config).save_pretrained(folder)
+    (folder / "README.md").write_text("# probe\n")
+
+
 def test_static_int8_quantizes_the_convolutions_and_keeps_the_tags(tmp_path, capsys):
-    """A briefly trained model on digits-mosaic, exported with --quantize int8 calibrated on its validation split."""
-    options = {"num_train": 128, "num_validation": 64, "num_test": 96, "cache_dir": str(tmp_path / "cache")}
-    arguments = [
-        "--config", str(ROOT / "configs" / "demo.yaml"), "--stage", "baseline", "--output_dir", str(tmp_path / "run"),
-        "--dataset_options", json.dumps(options), "--max_steps", "40", "--logging_steps", "40",
-        "--per_device_eval_batch_size", "96", "--use_ema", "false",
-    ]  # fmt: skip
-    run_training(*parse_arguments(arguments))
-    model_dir = tmp_path / "run" / "model"
+    """`--quantize int8` calibrated on digits-mosaic's validation split, on a model with a trained classifier."""
+    options = {"num_train": 256, "num_validation": 64, "num_test": 128, "cache_dir": str(tmp_path / "cache")}
+    model_dir = tmp_path / "model"
+    _linear_probe_model(model_dir, options)
     assert _load_script("export_onnx").main([
         str(model_dir), "--quantize", "int8", "--calibration-dataset", "digits-mosaic", "--calibration-split",
         "validation", "--calibration-samples", "64", "--dataset-options", json.dumps(options),
@@ -169,15 +186,16 @@ def test_static_int8_quantizes_the_convolutions_and_keeps_the_tags(tmp_path, cap
     line = next(line for line in printed.splitlines() if "test mAP" in line)
     fp32_map = float(line.split("float32 ")[1].split(",")[0])
     int8_map = float(line.split("int8 ")[1].split(" ")[0])
-    assert fp32_map > 60  # trained: far above the label prior
+    assert fp32_map > 30  # above the ~25 of an untrained model: the scores carry information to preserve
     assert abs(int8_map - fp32_map) <= 1.0
     assert float(line.split("tag agreement ")[1].split("%")[0]) >= 97.0
     card = (model_dir / "README.md").read_text()
     assert card.count("## ONNX Runtime") == 1 and f"{int8_map:.2f}" in card
 
-    images = [row["image"] for row in load_multilabel_dataset("digits-mosaic", split="test", **options)][:16]
+    images = [row["image"] for row in load_multilabel_dataset("digits-mosaic", split="test", **options)][:32]
     eager = pipeline("multi-label-image-classification", model=str(model_dir), device="cpu")
     int8 = pipeline("multi-label-image-classification", model=str(model_dir), backend="onnx-int8")
     eager_tags = [{item["label"] for item in row} for row in eager(images)]
     int8_tags = [{item["label"] for item in row} for row in int8(images)]
-    assert sum(a == b for a, b in zip(eager_tags, int8_tags)) >= 14  # whole-image tag sets
+    assert 0 < sum(map(len, eager_tags)) < 32 * 10  # some labels tagged, not all: the comparison is not vacuous
+    assert sum(a == b for a, b in zip(eager_tags, int8_tags)) >= 29  # whole-image tag sets
