@@ -450,3 +450,35 @@ def test_stage_two_trains_from_a_converted_model(tmp_path):
     assert len(steps) == 2 and all({"asl", "sscl", "pscl"} <= set(entry) for entry in steps)
     final = AutoModelForImageClassification.from_pretrained(tmp_path / "stage2" / "model")
     assert final.config.objective == "sadcl" and not final.config.use_timm_backbone
+
+
+def test_transformers_backbone_config_and_older_configs(tmp_path, tiny_model_dir):
+    """DETR-style backbone fields: a `backbone_config` dict becomes its transformers config and survives a save;
+    `use_timm_backbone=False` needs one; a config.json written before these fields existed loads as a timm model."""
+    config = SADCLConfig.from_preset(
+        "tiny", use_timm_backbone=False, backbone_layer_norm=True, backbone_frozen_stages=-1, hidden_dim=64,
+        backbone_config={"model_type": "cvt", "embed_dim": [16, 32, 64], "num_heads": [1, 2, 4], "depth": [2, 2, 3],
+                         "hidden_act": "quick_gelu"},
+    )
+    assert isinstance(config.backbone_config, CvtConfig)
+    config.save_pretrained(tmp_path)
+    reloaded = SADCLConfig.from_pretrained(tmp_path)
+    assert reloaded.backbone_config.embed_dim == [16, 32, 64] and reloaded.backbone_config.hidden_act == "quick_gelu"
+    with pytest.raises(Exception, match="backbone_config must be given exactly when use_timm_backbone is False"):
+        SADCLConfig.from_preset("tiny", use_timm_backbone=False)
+    with pytest.raises(ValueError, match="backbone_frozen_stages needs a timm backbone"):
+        SADCLForImageClassification(SADCLConfig.from_dict({**config.to_dict(), "backbone_frozen_stages": 1}))
+    values = json.loads((tiny_model_dir / "config.json").read_text())
+    for name in ("use_timm_backbone", "backbone_config", "backbone_layer_norm"):
+        values.pop(name)
+    old = tmp_path / "old"
+    old.mkdir()
+    for path in tiny_model_dir.iterdir():
+        (old / path.name).write_bytes(path.read_bytes())
+    (old / "config.json").write_text(json.dumps(values))
+    model = AutoModelForImageClassification.from_pretrained(old).eval()
+    assert model.config.use_timm_backbone and model.sadcl.backbone.norm is None
+    reference = AutoModelForImageClassification.from_pretrained(tiny_model_dir).eval()
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values).logits, reference(pixel_values).logits)
