@@ -45,6 +45,18 @@ logger = logging.getLogger(__name__)
 STAGES = ("baseline", "sadcl", "single")
 
 
+def _json_mapping(value: dict | str | None, name: str) -> dict | None:
+    """A mapping given as a dict (from --config) or a JSON object string (from the command line)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{name}: expected a JSON object, got {value!r} ({error})") from None
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{name}: expected a JSON object (mapping), got {value!r}")
+    return value
+
+
 @dataclass
 class ModelArguments:
     stage: str = field(
@@ -62,8 +74,8 @@ class ModelArguments:
     use_pretrained_backbone: bool | None = field(default=None, metadata={"help": "Load timm ImageNet weights."})
     image_size: int | None = field(default=None, metadata={"help": "Training and evaluation resolution."})
     sscl_mode: str | None = field(default=None, metadata={"help": "'reference' (paper) or 'corrected'."})
-    config_overrides: str | None = field(
-        default=None, metadata={"help": "Other SADCLConfig fields, as a JSON object (or a mapping in --config)."}
+    config_overrides: dict | str | None = field(
+        default=None, metadata={"help": "Other SADCLConfig fields: a JSON object (or a mapping in --config)."}
     )
     prototypes: str | None = field(
         default=None, metadata={"help": "Stage 'sadcl': prototypes file (.npy/.safetensors) instead of computing them."}
@@ -79,8 +91,7 @@ class ModelArguments:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ValueError(f"--stage must be one of {STAGES}, got {self.stage!r}")
-        if isinstance(self.config_overrides, str):
-            self.config_overrides = json.loads(self.config_overrides)
+        self.config_overrides = _json_mapping(self.config_overrides, "--config_overrides")
 
 
 @dataclass
@@ -89,8 +100,8 @@ class DataArguments:
     dataset_root: str | None = field(default=None, metadata={"help": "The dataset's folder as distributed."})
     train_split: str | None = field(default=None, metadata={"help": "Training split (default: the benchmark's)."})
     eval_split: str | None = field(default=None, metadata={"help": "Evaluation split (default: the benchmark's)."})
-    dataset_options: str | None = field(
-        default=None, metadata={"help": "Extra loader options, as a JSON object (or a mapping in --config)."}
+    dataset_options: dict | str | None = field(
+        default=None, metadata={"help": "Extra loader options: a JSON object (or a mapping in --config)."}
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
@@ -104,8 +115,7 @@ class DataArguments:
     cutout: bool = field(default=False, metadata={"help": "Cutout (random erasing) in training."})
 
     def __post_init__(self):
-        if isinstance(self.dataset_options, str):
-            self.dataset_options = json.loads(self.dataset_options)
+        self.dataset_options = _json_mapping(self.dataset_options, "--dataset_options")
 
 
 def parse_arguments(argv: list[str] | None = None):
@@ -137,9 +147,6 @@ def read_config_file(path: Path) -> dict[str, Any]:
     unknown = sorted(set(values) - known)
     if unknown:
         raise SystemExit(f"{path}: unknown field(s) {unknown}; see `scripts/train.py --help`")
-    for name in ("config_overrides", "dataset_options"):
-        if isinstance(values.get(name), dict):
-            values[name] = json.dumps(values[name])
     return values
 
 

@@ -81,6 +81,19 @@ def test_unknown_fields_and_bad_values_are_reported(tmp_path):
         parse_arguments(["--config", str(tmp_path / "missing.yaml")])
 
 
+def test_mapping_arguments_from_the_file_and_the_command_line(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"config_overrides": {"dropout": 0.0}, "dataset_options": {"num_train": 8}}))
+    model_args, data_args, _ = parse_arguments(["--config", str(config), "--output_dir", str(tmp_path)])
+    assert model_args.config_overrides == {"dropout": 0.0} and data_args.dataset_options == {"num_train": 8}
+    model_args, _, _ = parse_arguments(["--output_dir", str(tmp_path), "--config_overrides", '{"dropout": 0.5}'])
+    assert model_args.config_overrides == {"dropout": 0.5}
+    with pytest.raises(ValueError, match="--config_overrides: expected a JSON object"):
+        parse_arguments(["--output_dir", str(tmp_path), "--config_overrides", "dropout=0"])
+    with pytest.raises(ValueError, match="--dataset_options: expected a JSON object"):
+        parse_arguments(["--output_dir", str(tmp_path), "--dataset_options", "[1, 2]"])
+
+
 def test_missing_dataset_root_names_it(tmp_path):
     arguments = parse_arguments(
         ["--config", str(DEMO_CONFIG), "--dataset", "coco2014", "--dataset_root", str(tmp_path / "no-coco"),
@@ -438,6 +451,7 @@ def test_short_runs_warm_up_the_learning_rate_and_the_ema(tmp_path):
         moved = sum((trained[key] - initial[key]).norm() for key in keys)
         ema_lags[ema_warmup] = (sum((ema[key] - trained[key]).norm() for key in keys) / moved).item()
     assert ema_lags[False] > 0.5 and ema_lags[True] < ema_lags[False] / 2
+
 
 def test_trainer_card_describes_this_run(tmp_path):
     """Training drops the results a loaded model recorded; the trainer's card shows its own latest evaluation and
