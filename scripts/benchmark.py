@@ -466,11 +466,125 @@ def run_data(args: argparse.Namespace) -> Dict[str, object]:
     return payload
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# serving
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _interleaved_images_per_second(
+    runners: Dict[str, Callable[[], object]], batch_size: int, warmup: int, min_seconds: float
+) -> Dict[str, float]:
+    """Median images/s of each runner (one batch per call). The runners take turns, round after round (at least 5
+    rounds and `min_seconds` in all), so a load that comes and goes on a shared machine hits them alike."""
+    for runner in runners.values():
+        for _ in range(warmup):
+            runner()
+    times: Dict[str, List[float]] = {name: [] for name in runners}
+    start_all = time.perf_counter()
+    while len(times[next(iter(runners))]) < 5 or time.perf_counter() - start_all < min_seconds:
+        for name, runner in runners.items():
+            start = time.perf_counter()
+            runner()
+            times[name].append(time.perf_counter() - start)
+    return {name: batch_size / statistics.median(values) for name, values in times.items()}
+
+
+def run_serving(args: argparse.Namespace) -> Dict[str, object]:
+    """`serving`: images/s of PyTorch eager, ONNX Runtime float32 and ONNX Runtime static int8 on the same
+    preprocessed images (batch 1 and `--batch-size`, at the model's size), and the int8 mAP change on the
+    digits-mosaic test split when the model is the demo's (digit labels)."""
+    from pathlib import Path
+
+    import numpy as np
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    import sadcl_hf  # noqa: F401  (registers the Auto classes)
+    from sadcl_hf.onnx_export import (
+        ONNX_FILE_NAME,
+        ONNX_INT8_FILE_NAME,
+        compare_onnx_models,
+        evaluation_batches,
+        export_onnx,
+        onnx_session,
+        quantize_onnx_int8,
+    )
+
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    folder = Path(args.model)
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    config = model.config
+    is_demo = config.label_names == [str(digit) for digit in range(10)]
+    fp32_path, int8_path = folder / ONNX_FILE_NAME, folder / ONNX_INT8_FILE_NAME
+    if not fp32_path.is_file():
+        export_onnx(model, fp32_path)
+    if not int8_path.is_file():
+        if not is_demo:
+            raise SystemExit(
+                f"{int8_path} is missing: run scripts/export_onnx.py {folder} --quantize int8 "
+                "--calibration-dataset NAME --calibration-split validation"
+            )
+        calibration, _ = evaluation_batches(config, "digits-mosaic", "validation", max_samples=256, batch_size=32)
+        quantize_onnx_int8(fp32_path, int8_path, calibration)
+
+    size = config.image_size
+    if is_demo:
+        test_batches, test_targets = evaluation_batches(config, "digits-mosaic", "test")
+        pixel_values = np.concatenate(test_batches)[: args.batch_size]
+    else:
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(args.batch_size)]
+        pixel_values = AutoImageProcessor.from_pretrained(folder)(images=images, return_tensors="np")["pixel_values"]
+    pixel_values = np.ascontiguousarray(pixel_values, dtype=np.float32)
+    sessions = {name: onnx_session(path, threads) for name, path in (("fp32", fp32_path), ("int8", int8_path))}
+
+    rows = []
+    results: Dict[str, object] = {}
+    for batch_size in (1, args.batch_size):
+        batch = pixel_values[:batch_size]
+        batch_tensor = torch.from_numpy(batch)
+
+        def eager() -> None:
+            with torch.inference_mode():
+                model(batch_tensor)
+
+        runners = {"eager": eager}
+        for name, session in sessions.items():
+            runners[f"ort_{name}"] = lambda session=session: session.run(["logits"], {"pixel_values": batch})
+        speeds = _interleaved_images_per_second(runners, batch_size, args.warmup, args.min_seconds)
+        for name, speed in speeds.items():
+            rows.append({"batch": batch_size, "backend": name, "images_per_s": speed, "vs_eager": speed / speeds["eager"]})
+        if batch_size == args.batch_size:
+            results.update({f"{name}_img_s": speed for name, speed in speeds.items()})
+    print_table(
+        f"serving {folder} ({size} px, {threads} thread(s), backends interleaved, median over >= "
+        f"{args.min_seconds:g} s per batch size)",
+        rows,
+        ["batch", "backend", "images_per_s", "vs_eager"],
+    )
+    results["int8_map_change"] = None
+    if is_demo:
+        comparison = compare_onnx_models(fp32_path, int8_path, test_batches, test_targets)
+        results["int8_map_change"] = comparison["map_change"]
+        print(
+            f"digits-mosaic test mAP: ORT float32 {comparison['reference_map']:.2f}, ORT int8 "
+            f"{comparison['candidate_map']:.2f} (change {comparison['map_change']:+.2f} points); tag agreement at 0.5 "
+            f"{100 * comparison['tag_agreement']:.2f}%"
+        )
+    fp32_speedup = results["ort_fp32_img_s"] / results["eager_img_s"]
+    int8_speedup = results["ort_int8_img_s"] / results["ort_fp32_img_s"]
+    print(f"batch {args.batch_size}: ORT fp32 {fp32_speedup:.2f}x eager (target >= 2); int8 {int8_speedup:.2f}x ORT fp32 (target >= 1.5)")
+    payload = {"benchmark": "serving", "config": vars(args), "threads": threads, **results, "results": rows}
+    write_json(args.json, payload)
+    return payload
+
+
 SUBCOMMANDS: Dict[str, Callable[[argparse.Namespace], Dict[str, object]]] = {
     "losses": run_losses,
     "train-step": run_train_step,
     "inference": run_inference,
     "data": run_data,
+    "serving": run_serving,
 }
 
 
@@ -518,6 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--batches", type=int, default=10, help="timed batches (after one warm-up batch)")
     data.add_argument("--randaugment", action="store_true")
     data.add_argument("--cutout", action="store_true")
+
+    serving = subparsers.add_parser("serving", parents=[common], help="PyTorch eager vs ONNX Runtime fp32 / int8")
+    serving.add_argument("--model", required=True, help="a saved model folder (its onnx/ files are made if missing)")
+    serving.add_argument("--batch-size", type=int, default=64)
+    serving.add_argument("--warmup", type=int, default=2)
+    serving.add_argument("--min-seconds", type=float, default=10.0, help="time each batch size at least this long")
     return parser
 
 
