@@ -9,7 +9,7 @@ tensors; the backbone's weights are renamed to the library model with the same w
 | family (Query2Label zoo) | library model | renaming |
 |---|---|---|
 | torchvision ResNet (Q2L-R101-448/576) | timm `resnet*` (`.tv_in1k` layout) | prefix only |
-| TResNet (Q2L-TResL-448, -TResL_22k-448) | timm `tresnet_l`/`tresnet_xl`/`tresnet_v2_l` | timm's `checkpoint_filter_fn` |
+| TResNet (Q2L-TResL-448, -TResL_22k-448) | timm `tresnet_l`/`_xl`/`_v2_l` | timm's `checkpoint_filter_fn` |
 | Swin (Q2L-SwinL-384) | timm `swin_large_patch4_window12_384` | timm's `checkpoint_filter_fn` + final norm |
 | CvT (Q2L-CvT_w24-384) | transformers `CvtModel` (QuickGELU) | transformers' CvT conversion + final norm |
 """
@@ -362,7 +362,8 @@ def _rename_backbone(family: str, state_dict: dict, config: SADCLConfig) -> dict
         if target is None:
             if key.endswith("num_batches_tracked"):
                 continue
-            raise ValueError(f"tensor {prefix}{key} {tuple(value.shape)} has no place in the {config.backbone} backbone")
+            shape = tuple(value.shape)
+            raise ValueError(f"tensor {prefix}{key} {shape} has no place in the {config.backbone} backbone")
         converted[f"sadcl.backbone.{target}"] = value
     return converted
 

@@ -352,7 +352,9 @@ def test_saved_processor_is_the_released_inference_preprocessing(tmp_path, orid_
     assert error.mean().item() < 1e-3
 
 
-@pytest.mark.parametrize("family, size, grid", [("resnet101", 128, 4), ("swin_l_384", 448, 14), ("cvt_w24_384", 128, 8)])
+@pytest.mark.parametrize(
+    "family, size, grid", [("resnet101", 128, 4), ("swin_l_384", 448, 14), ("cvt_w24_384", 128, 8)]
+)
 def test_converted_model_runs_at_another_resolution(family, size, grid, converted):
     """Query2Label stored its position table for one size; here it is recomputed for the input's grid."""
     model = AutoModelForImageClassification.from_pretrained(converted(family)).eval()
