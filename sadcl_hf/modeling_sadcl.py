@@ -388,11 +388,11 @@ class SADCLPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Query2Label's init (Xavier-uniform matrices) for the transformer and heads; timm's per-type init (ResNet
-        convolutions: Kaiming-normal fan-out; norms: weight 1, bias 0, running mean 0, variance 1; other backbone
-        parameters: truncated normal) for backbone tensors. transformers' guarded `init` functions skip tensors
-        already set: timm's weights in a model built from a config (`SADCLBackbone` flags them) and tensors a
-        checkpoint held, so `from_pretrained` initialises exactly the missing ones."""
+        """Query2Label's init (Xavier-uniform matrices) for the input projection, transformer and heads; timm's
+        per-type init for backbone tensors (ResNet convolutions: Kaiming-normal fan-out; norms: weight 1, bias 0,
+        running mean 0, variance 1; other parameters: truncated normal). transformers' guarded `init` functions skip
+        tensors already set: timm's weights in a model built from a config (`SADCLBackbone` flags them) and tensors
+        a checkpoint held, so `from_pretrained` initialises exactly the missing ones."""
         if isinstance(module, SADCLAttention):
             init.xavier_uniform_(module.in_proj_weight)
             init.zeros_(module.in_proj_bias)

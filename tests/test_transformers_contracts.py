@@ -197,6 +197,19 @@ def test_save_load_equivalence_with_safetensors(model_class, pixel_values, tmp_p
         torch.testing.assert_close(main_output(loaded, loaded(pixel_values)), main_output(model, model(pixel_values)))
 
 
+def test_from_pretrained_rebuilds_the_backbones_computed_buffers(tmp_path):
+    """Swin's relative-position index is a non-persistent buffer: not in the checkpoint, recomputed on load."""
+    swin = {"img_size": 64, "window_size": 4, "embed_dim": 32, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 2, 2)}
+    model = build(SADCLForImageClassification, backbone="swin_tiny_patch4_window7_224", backbone_kwargs=swin)
+    model.save_pretrained(tmp_path)
+    loaded = SADCLForImageClassification.from_pretrained(tmp_path).eval()
+    for (name, buffer), (_, expected) in zip(loaded.named_buffers(), model.named_buffers()):
+        assert torch.equal(buffer, expected), name
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images).logits, model(images).logits)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_from_pretrained_in_half_precision(dtype, pixel_values, tmp_path):
     model = build(SADCLForImageClassification, seed=2)
