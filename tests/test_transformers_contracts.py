@@ -281,7 +281,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_with_less_memory(tmp_pa
     layers = [m for m in checkpointed.modules() if isinstance(m, (SADCLEncoderLayer, SADCLDecoderLayer))]
     assert len(layers) == 4 and all(layer.gradient_checkpointing for layer in layers)
 
-    images, labels = torch.randn(4, 3, 128, 128), labels_for(4)
+    images, labels = torch.randn(2, 3, 128, 128), labels_for(2)
     expected, actual = _gradients(model, images, labels), _gradients(checkpointed, images, labels)
     assert expected.keys() == actual.keys()
     for name in expected:
