@@ -121,11 +121,6 @@ def test_inferred_architectures():
         convert_official_state_dict(load_file(LOCAL_FIXTURES / "cvt_w24_384_state_dict.fp16.safetensors"))
 
 
-def _abstract(key: str) -> str:
-    """A key with its block/stage indices replaced by '#' (`layers_0.blocks.3.x` -> `layers_#.blocks.#.x`)."""
-    return re.sub(r"(?<=[._])\d+(?=[._]|$)", "#", key)
-
-
 # The released full-size backbones, as the fixture configs' `full_size` entries describe them.
 FULL_SIZE = {
     "resnet101": ({"backbone": "resnet101.tv_in1k"}, 2048),
@@ -157,25 +152,85 @@ FULL_SIZE = {
 }
 
 
+_INDEX = re.compile(r"\d+")
+
+
+def _inverse_renaming(official_state: dict, backbone_num_heads) -> dict:
+    """How the converter renames each key, learnt from the reduced official state dict: converted key with its numbers
+    abstracted -> [(official key pattern, how each official number follows from the converted key's numbers, the
+    converted numbers seen)]; several patterns where the official names differ by block (TResNet's anti-aliased
+    `conv2.0.0` in a stage's first block, `conv2.0` elsewhere). Tensors are traced by identity through the conversion
+    (TResNet's rewritten BatchNorm weights by order)."""
+    _, converted = convert_official_state_dict(official_state, backbone_num_heads=backbone_num_heads)
+    by_id = {id(value): key for key, value in official_state.items()}
+    source = {key: id(value if value._base is None else value._base) for key, value in converted.items()}  # fc.W[0]
+    pairs = [(by_id[source[key]], key) for key in converted if source[key] in by_id]
+    left_official = [key for key in official_state if key not in {o for o, _ in pairs}]
+    left_converted = [key for key in converted if source[key] not in by_id]
+    pairs += zip([k for k in left_official if k.endswith(".1.weight")], left_converted)  # |w| + eps BatchNorm weights
+    groups: dict = {}
+    for official, new in pairs:
+        groups.setdefault((_INDEX.sub("#", new), _INDEX.sub("#", official)), []).append(
+            ([int(n) for n in _INDEX.findall(new)], [int(n) for n in _INDEX.findall(official)])
+        )
+    rules: dict = {}
+    for (template, pattern), rows in groups.items():
+        fills = []
+        for j in range(len(rows[0][1])):
+            values = [official[j] for _, official in rows]
+            if len(set(values)) == 1:
+                fills.append(("constant", values[0]))
+                continue
+            new, official = rows[0]
+            fits = [(i, official[j] - new[i]) for i in range(len(new))]
+            fits = [(i, d) for i, d in fits if all(o[j] == n[i] + d for n, o in rows)]
+            assert fits, (template, pattern, j)
+            fills.append(("shifted", fits[0]))
+        rules.setdefault(template, []).append((pattern, fills, [new for new, _ in rows]))
+    return rules
+
+
+def _official_name(key: str, rules: dict) -> str:
+    """The official name of a converted key: the pattern of the reduced key whose numbers are the same, each number
+    clipped to the largest one the reduced model has at its place (a full-size stage has more blocks)."""
+    candidates = rules[_INDEX.sub("#", key)]
+    numbers = [int(n) for n in _INDEX.findall(key)]
+    seen = [row for _, _, rows in candidates for row in rows]
+    clipped = [min(n, max(row[i] for row in seen)) for i, n in enumerate(numbers)]
+    pattern, fills = next((p, f) for p, f, rows in candidates if clipped in rows)
+    values = iter(value if kind == "constant" else numbers[value[0]] + value[1] for kind, value in fills)
+    return re.sub("#", lambda _: str(next(values)), pattern)
+
+
 @pytest.mark.parametrize("family", list(FULL_SIZE))
-def test_full_size_backbones_have_the_official_key_structure(family):
-    """The full-size model (built on the meta device: no memory) has the released width and, block indices aside,
-    exactly the backbone keys that the official key list of the reduced model converts to."""
+def test_full_size_architectures_are_inferred_and_every_tensor_fits(family):
+    """The released full-size model of each family, on the meta device (no memory): its state dict in the official
+    layout (names from the reduced fixture's official key list, shapes from the full-size library model) converts
+    back to exactly the full-size model's keys and shapes, with the architecture inferred from the tensors."""
     fields, channels = FULL_SIZE[family]
-    official_keys = [key for key, _, _ in json.loads((LOCAL_FIXTURES / f"{family}_config.json").read_text())["keys"]]
-    reduced_state = {key: torch.empty(shape, device="meta") for key, shape, _ in
-                     json.loads((LOCAL_FIXTURES / f"{family}_config.json").read_text())["keys"]}
-    assert official_keys == list(reduced_state)
-    _, converted = convert_official_state_dict(reduced_state, backbone_num_heads=BACKBONE_HEADS.get(family))
-    config = SADCLConfig(**fields, hidden_dim=channels, use_pretrained_backbone=False, num_labels=80)
+    keys = json.loads((LOCAL_FIXTURES / f"{family}_config.json").read_text())["keys"]
+    reduced = {key: torch.empty(shape, device="meta") for key, shape, _ in keys}
+    rules = _inverse_renaming(reduced, BACKBONE_HEADS.get(family))
+    config = SADCLConfig(**fields, hidden_dim=channels, dim_feedforward=8192, use_pretrained_backbone=False,
+                         num_labels=80)
     with torch.device("meta"):
         model = SADCLForImageClassification(config)
-    assert model.sadcl.backbone.num_channels == channels
-    full_keys = {key for key in model.state_dict() if key.startswith("sadcl.backbone.")}
-    full_keys = {key for key in full_keys if not key.endswith("num_batches_tracked")}
-    assert {_abstract(key) for key in converted if key.startswith("sadcl.backbone.")} == {
-        _abstract(key) for key in full_keys
+    assert model.sadcl.backbone.num_channels == channels  # the released width
+    expected = {
+        key: tuple(value.shape) for key, value in model.state_dict().items()
+        if not key.startswith(("projector.", "prototypes")) and not key.endswith("num_batches_tracked")
     }
+    official = {_official_name(key, rules): torch.empty(shape, device="meta") for key, shape in expected.items()}
+    official["fc.W"], official["fc.b"] = official["fc.W"][None], official["fc.b"][None]  # Query2Label's (1, K, d)
+    assert {_INDEX.sub("#", key) for key in official} <= {_INDEX.sub("#", key) for key in reduced}
+    grid = config.image_size // model.sadcl.backbone.reduction
+    official["backbone.1.pe"] = torch.empty(1, channels, grid, grid, device="meta")
+    inferred, converted = convert_official_state_dict(official)  # released sizes: no heads given
+    assert {key: tuple(value.shape) for key, value in converted.items()} == expected
+    for name in ("backbone", "backbone_kwargs", "image_size", "hidden_dim", "dim_feedforward", "backbone_layer_norm"):
+        assert getattr(inferred, name) == getattr(config, name), name
+    if not config.use_timm_backbone:
+        assert inferred.backbone_config.num_heads == [3, 12, 16] and inferred.backbone_config.depth == [2, 2, 20]
 
 
 def test_full_size_resnet101_is_inferred_and_every_tensor_fits():
