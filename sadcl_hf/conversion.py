@@ -456,8 +456,8 @@ def label_names_for_dataset(dataset: str) -> dict[int, str]:
     info = dataset_info(dataset)
     if info.label_names is None:
         raise ValueError(
-            f"{info.display_name} has no fixed class names in sadcl-hf; they come from its "
-            f"{info.label_file or 'label file'}: pass that file as id2label (--id2label)"
+            f"{info.display_name} has no fixed class names in sadcl-hf; they come from its names file "
+            "(VG-500: vg_category_500.json): pass it as id2label_file (--id2label)"
         )
     return dict(enumerate(info.label_names))
 
@@ -527,8 +527,9 @@ def convert_official_checkpoint(
     config with label names, image processor, model card, remote code). Returns the converted model (eval mode).
 
     Args:
-        id2label_file / dataset: label names from a file, or a benchmark's canonical names (`coco2014`, `voc2007`,
-            `nuswide`); default `LABEL_i`.
+        id2label_file / dataset: label names from a file, else the benchmark's canonical names (`coco2014`,
+            `voc2007`, `nuswide`; `vg500` needs the file); default `LABEL_i`. `dataset` also names the benchmark on
+            the model card.
         image_size: the processor's size; default the training size read from the checkpoint.
         orid_norm: the run was trained without input normalisation (Query2Label's `orid_norm`: mean 0, std 1).
     """
@@ -537,11 +538,10 @@ def convert_official_checkpoint(
     from .modeling_sadcl import SADCLForImageClassification
 
     checkpoint = Path(checkpoint)
-    if id2label_file is not None and dataset is not None:
-        raise ValueError("give either id2label_file (--id2label) or dataset (--dataset), not both")
-    id2label = _read_label_names(Path(id2label_file)) if id2label_file is not None else None
-    if dataset is not None:
-        id2label = label_names_for_dataset(dataset)
+    if id2label_file is not None:
+        id2label = _read_label_names(Path(id2label_file))
+    else:
+        id2label = label_names_for_dataset(dataset) if dataset is not None else None
     raw = load_official_checkpoint(checkpoint)
     state_dict = raw.get("state_dict", raw.get("model"))
     if not isinstance(state_dict, dict):

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Convert an official Query2Label or SADCL checkpoint into a folder `AutoModelForImageClassification` loads.
 
-    python scripts/convert_official_checkpoint.py CHECKPOINT OUTPUT_DIR [--dataset coco2014|voc2007|nuswide |
-        --id2label FILE] [--image-size N] [--num-heads N] [--backbone-num-heads 3,12,16] [--orid-norm]
+    python scripts/convert_official_checkpoint.py CHECKPOINT OUTPUT_DIR [--dataset coco2014|voc2007|nuswide|vg500]
+        [--id2label FILE] [--image-size N] [--num-heads N] [--backbone-num-heads 3,12,16] [--orid-norm]
         [--push-to-hub ORG/NAME]
 
 CHECKPOINT: a released Query2Label `checkpoint.pkl` ({"epoch", "arch", "state_dict", "best_mAP", "optimizer"}), an
@@ -11,8 +11,9 @@ Pickles are read with torch.load(weights_only=True) and an allow-list of numpy s
 run code, and the optimizer state is never read. The backbone (ResNet, TResNet, TResNet-V2, Swin, CvT) and every size
 are inferred from the tensors; the transformer's heads are not stored (--num-heads, 4 in every release), nor are
 CvT's per-stage heads (--backbone-num-heads, default those of the published CvT of that width).
---dataset: the benchmark's class names in the released order (COCO's 80 in category-id order, VOC's 20, NUS-WIDE's
-81); --id2label: JSON list, JSON {index: name} or {name: index} (VG-500's vg_category_500.json), or one name per line.
+--dataset: the benchmark (named on the model card) and its class names in the released order (COCO's 80 in
+category-id order, VOC's 20, NUS-WIDE's 81); --id2label: names from a file instead (VG-500: `--dataset vg500
+--id2label vg_category_500.json`): JSON list, JSON {index: name} or {name: index}, or one name per line.
 --orid-norm: the run was trained without input normalisation (Query2Label's `orid_norm`); default ImageNet mean/std.
 --push-to-hub: then push the folder with scripts/push_to_hub.py (log in first or set HF_TOKEN).
 """
@@ -34,9 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
     parser.add_argument("output_dir")
-    labels = parser.add_mutually_exclusive_group()
-    labels.add_argument("--dataset", default=None, help="canonical class names: coco2014, voc2007, nuswide")
-    labels.add_argument("--id2label", default=None, help="label names file (JSON list/object or one name per line)")
+    parser.add_argument("--dataset", default=None, help="coco2014, voc2007, nuswide (canonical names) or vg500")
+    parser.add_argument("--id2label", default=None, help="label names file (JSON list/object or one name per line)")
     parser.add_argument("--image-size", type=int, default=None, help="default: the training size of the checkpoint")
     parser.add_argument("--num-heads", type=int, default=4, help="transformer attention heads (not stored; 4)")
     parser.add_argument("--backbone-num-heads", type=_heads, default=None, help="CvT per-stage heads, e.g. 3,12,16")

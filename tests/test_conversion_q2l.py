@@ -388,8 +388,9 @@ def test_dataset_label_names_in_the_released_order(tmp_path):
     names = tmp_path / "vg_category_500.json"  # VG-500's {name: class id} file
     names.write_text(json.dumps({f"object {i}": i for i in reversed(range(6))}))
     model = convert_official_checkpoint(LOCAL_FIXTURES / "resnet101_state_dict.fp16.safetensors", tmp_path / "vg",
-                                        id2label_file=names)
+                                        id2label_file=names, dataset="vg500")
     assert model.config.label_names == [f"object {i}" for i in range(6)]
+    assert "Visual Genome" in ModelCard.load(tmp_path / "vg" / "README.md").text
 
 
 @pytest.mark.parametrize("orid_norm, mean, std", [(False, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
