@@ -41,12 +41,20 @@ __all__ = [
     "SADCLLoss",
     "SADCLLossOutput",
     "SampleToSampleContrastiveLoss",
+    "confident_positives",
 ]
 
 def _config_default(field: str) -> Any:
     """The default of a `SADCLConfig` field: the config is the one home of the loss settings (the released COCO
     run); the losses take them as explicit arguments."""
     return SADCLConfig.__dataclass_fields__[field].default
+
+
+def confident_positives(logits: torch.Tensor, labels: torch.Tensor, threshold: float) -> torch.Tensor:
+    """`[B, K]` mask of SADCL's confident positives: the class is present (`labels > 0.5`) and predicted with
+    `sigmoid(logits) > threshold` (strict, as the release). It selects what enters the memory bank (Sec. 3.2) and
+    what a class prototype averages (Sec. 3.3)."""
+    return (labels > 0.5) & (torch.sigmoid(logits.float()) > threshold)
 
 
 def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:

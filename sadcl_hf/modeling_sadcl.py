@@ -29,7 +29,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_sadcl import SADCLConfig
-from .losses import SADCLLoss
+from .losses import SADCLLoss, confident_positives
 
 __all__ = [
     "SADCLForImageClassification",
@@ -631,6 +631,6 @@ class SADCLForImageClassification(SADCLPreTrainedModel):
         """
         batch_size = logits.shape[0]
         bank = self.memory_bank_for_batch(batch_size)
-        confident = (labels > 0.5) & (torch.sigmoid(logits.float()) > self.config.memory_bank_threshold)
+        confident = confident_positives(logits, labels, self.config.memory_bank_threshold)
         updated = torch.where(confident.unsqueeze(-1), label_features.detach().float(), bank)
         self.memory_bank = torch.cat([updated, self.memory_bank[batch_size:]], dim=0)

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .losses import confident_positives
+
 
 __all__ = [
     "OnlinePrototypeInitializer",
@@ -186,7 +188,7 @@ class OnlinePrototypeInitializer:
     def update(self, label_features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Adds a batch: `label_features` `[B, K, D]`, `logits` `[B, K]`, `labels` `[B, K]` (multi-hot)."""
         _check_step_inputs(label_features, logits, labels, self.num_labels, self.dim)
-        confident = (labels > 0.5) & (torch.sigmoid(logits.float()) > self.threshold)
+        confident = confident_positives(logits, labels, self.threshold)
         self._confident.update(label_features.detach(), confident)
 
     def prototypes(self, fallback: torch.Tensor) -> torch.Tensor:
@@ -265,7 +267,7 @@ def compute_prototypes(
                 present_means = _RunningClassMean(num_labels, dim)
             _check_step_inputs(label_features, logits, labels, confident_means.num_labels, confident_means.dim)
             present = labels > 0.5
-            confident_means.update(label_features, present & (torch.sigmoid(logits.float()) > threshold))
+            confident_means.update(label_features, confident_positives(logits, labels, threshold))
             present_means.update(label_features, present)
     finally:
         model.train(was_training)

@@ -17,6 +17,7 @@ from sadcl_hf.losses import (
     SADCLLoss,
     SADCLLossOutput,
     SampleToSampleContrastiveLoss,
+    confident_positives,
 )
 
 from .conftest import FIXTURES_DIR, SHARED_REFERENCE_DIR
@@ -493,3 +494,11 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="logits"):
         AsymmetricLoss()(torch.randn(2, 3, 1), torch.ones(2, 3))
     assert math.isclose(AsymmetricLoss()(torch.zeros(1, 1), torch.ones(1, 1)).item(), 1000 * math.log(2), rel_tol=1e-6)
+
+
+def test_confident_positives_need_the_label_and_a_probability_above_the_threshold():
+    logits = torch.tensor([[0.0, 2.0, 2.0, -3.0]])
+    labels = torch.tensor([[1.0, 1.0, 0.0, 1.0]])
+    mask = confident_positives(logits, labels, threshold=0.5)
+    assert mask.tolist() == [[False, True, False, False]]  # sigmoid(0) = 0.5 is not above 0.5
+    assert confident_positives(logits, labels, threshold=0.0).tolist() == [[True, True, False, True]]
