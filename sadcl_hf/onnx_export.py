@@ -238,7 +238,7 @@ def evaluation_batches(
     multi-hot targets [N, K]. `dataset`, `root` and `options` go to [`sadcl_hf.data.load_multilabel_dataset`]; the
     split's class names must be the model's."""
     from .data import label_names, load_multilabel_dataset
-    from .training import eval_collator_for_config
+    from .image_processing import eval_collator_for_config
 
     data = load_multilabel_dataset(dataset, root=root, split=split, **options)
     if label_names(data) != config.label_names:

@@ -9,7 +9,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import torch
+from datasets.distributed import split_dataset_by_node
 from safetensors.torch import load_file, save_file
 from timm.utils.model_ema import ModelEmaV3
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -143,6 +145,21 @@ class SADCLTrainer(Trainer):
             yield
         finally:
             self.data_collator = train_collator
+
+    def get_train_dataloader(self):
+        """A streamed training set (`datasets.IterableDataset`) in a multi-process run: each process reads its own part
+        (`datasets.distributed.split_dataset_by_node`: whole shards when their number is a multiple of the processes,
+        else every `world_size`-th example), batched here instead of being re-sharded by accelerate."""
+        dataset = self.train_dataset
+        if not (isinstance(dataset, datasets.IterableDataset) and self.args.world_size > 1):
+            return super().get_train_dataloader()
+        return torch.utils.data.DataLoader(
+            split_dataset_by_node(dataset, rank=self.args.process_index, world_size=self.args.world_size),
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
 
     def get_eval_dataloader(self, eval_dataset=None):
         with self._eval_collator():

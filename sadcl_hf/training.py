@@ -113,6 +113,14 @@ class DataArguments:
     hflip: bool = field(default=True, metadata={"help": "Random horizontal flips."})
     randaugment: bool = field(default=False, metadata={"help": "RandAugment in training."})
     cutout: bool = field(default=False, metadata={"help": "Cutout (random erasing) in training."})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the splits (datasets IterableDataset, shard by shard) from --dataset_root: a folder of "
+            "parquet shards (<root>/<split>/*.parquet) or a Hub dataset id; needs --max_steps. Each process reads "
+            "its own shards."
+        },
+    )
 
     def __post_init__(self):
         self.dataset_options = _json_mapping(self.dataset_options, "--dataset_options")
@@ -161,6 +169,11 @@ def default_splits(dataset: str) -> tuple[str, str]:
 
 
 def _load_split(data_args: DataArguments, split: str, limit: int | None):
+    if data_args.streaming:
+        if data_args.dataset_root is None:
+            raise ValueError("--streaming needs --dataset_root: a folder of parquet shards or a Hub dataset id")
+        dataset = load_streaming_dataset(data_args.dataset_root, split, **(data_args.dataset_options or {}))
+        return dataset if limit is None else dataset.take(limit)
     if data_args.dataset_root is not None and not Path(data_args.dataset_root).exists():
         raise FileNotFoundError(
             f"dataset_root {data_args.dataset_root!r} (for dataset {data_args.dataset!r}) does not exist"
@@ -198,9 +211,10 @@ def build_model(model_args: ModelArguments, names: list[str]) -> SADCLForImageCl
     return model
 
 
-def _total_steps(training_args: SADCLTrainingArguments, num_examples: int) -> int:
+def _total_steps(training_args: SADCLTrainingArguments, train_dataset) -> int:
     if training_args.max_steps > 0:
-        return training_args.max_steps
+        return training_args.max_steps  # also the only count a stream (no length) has
+    num_examples = len(train_dataset)
     batch = training_args.per_device_train_batch_size * training_args.world_size
     batch *= training_args.gradient_accumulation_steps
     return math.ceil(num_examples / batch) * math.ceil(training_args.num_train_epochs)
@@ -239,7 +253,11 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
     default_train, default_eval = default_splits(data_args.dataset)
     train_split = data_args.train_split or default_train
     eval_split = data_args.eval_split or default_eval
+    if data_args.streaming and training_args.max_steps <= 0:
+        raise ValueError("--streaming needs --max_steps: a stream has no length to count epochs with")
     train_dataset = _load_split(data_args, train_split, data_args.max_train_samples)
+    if data_args.streaming:
+        train_dataset = train_dataset.shuffle(seed=training_args.seed, buffer_size=1000)
     eval_dataset = _load_split(data_args, eval_split, data_args.max_eval_samples)
     names = label_names(train_dataset)
     if label_names(eval_dataset) != names:
@@ -275,7 +293,7 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
     elif model_args.stage == "sadcl":
         _initialise_prototypes(model, model_args, train_dataset, training_args, output_dir)
     else:
-        steps = _total_steps(training_args, len(train_dataset))
+        steps = _total_steps(training_args, train_dataset)
         training_args.online_prototype_steps = training_args.online_prototype_steps or max(
             1, round(model_args.online_prototype_fraction * steps)
         )
