@@ -579,12 +579,87 @@ def run_serving(args: argparse.Namespace) -> Dict[str, object]:
     return payload
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# streaming
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def run_streaming(args: argparse.Namespace) -> Dict[str, object]:
+    """`streaming`: resident memory over a training run that streams parquet shards (`--streaming`), sampled every
+    0.2 s in a background thread: flat means the stream is read shard by shard, not gathered in memory."""
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    import numpy as np
+
+    from sadcl_hf.data import load_multilabel_dataset
+    from sadcl_hf.data.streaming import write_parquet_shards
+    from sadcl_hf.training import parse_arguments, run_training
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as scratch:
+        shards = Path(scratch) / "shards"
+        options = {"num_train": args.num_images, "num_validation": 64, "num_test": 64}
+        for split, num_shards in (("train", args.num_shards), ("validation", 1)):
+            write_parquet_shards(load_multilabel_dataset("digits-mosaic", split=split, **options), shards, split, num_shards)
+        arguments = parse_arguments([
+            "--config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "demo.yaml"),
+            "--streaming", "--dataset_root", str(shards), "--stage", "baseline", "--max_steps", str(args.steps),
+            "--per_device_train_batch_size", str(args.batch_size), "--output_dir", str(Path(scratch) / "run"),
+            "--logging_steps", str(args.steps), "--use_ema", "false", "--disable_tqdm", "true",
+        ])  # fmt: skip
+        samples: List[tuple] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            start = time.perf_counter()
+            while not done.is_set():
+                samples.append((time.perf_counter() - start, current_rss_mib()))
+                done.wait(0.2)
+
+        gc.collect()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        metrics = run_training(*arguments)
+        done.set()
+        sampler.join()
+    seconds, rss = np.array(samples).T
+    train_seconds = float(metrics["train_runtime"])
+    # The training steps lie between model set-up and the final evaluation; compare their first and last quarters.
+    during = (seconds > seconds[-1] - train_seconds - 1.0) & (seconds < seconds[-1] - 1.0)
+    steps_rss = rss[during] if during.sum() >= 8 else rss
+    quarter = max(len(steps_rss) // 4, 1)
+    first, last = float(np.median(steps_rss[:quarter])), float(np.median(steps_rss[-quarter:]))
+    row = {
+        "images_streamed": args.steps * args.batch_size,
+        "passes_over_data": args.steps * args.batch_size / args.num_images,
+        "shards": args.num_shards,
+        "rss_first_quarter_mib": first,
+        "rss_last_quarter_mib": last,
+        "rss_growth_mib": last - first,
+        "peak_rss_mib": float(rss.max()),
+        "train_seconds": train_seconds,
+    }
+    print_table(
+        f"streaming training, digits-mosaic parquet shards, {args.steps} steps of {args.batch_size}, RSS sampled every "
+        "0.2 s (median of the first and last quarter of the training steps)",
+        [row],
+        list(row),
+    )
+    payload = {"benchmark": "streaming", "config": vars(args), **row}
+    write_json(args.json, payload)
+    return payload
+
+
 SUBCOMMANDS: Dict[str, Callable[[argparse.Namespace], Dict[str, object]]] = {
     "losses": run_losses,
     "train-step": run_train_step,
     "inference": run_inference,
     "data": run_data,
     "serving": run_serving,
+    "streaming": run_streaming,
 }
 
 
@@ -638,6 +713,12 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--batch-size", type=int, default=64)
     serving.add_argument("--warmup", type=int, default=2)
     serving.add_argument("--min-seconds", type=float, default=10.0, help="time each batch size at least this long")
+
+    streaming = subparsers.add_parser("streaming", parents=[common], help="RSS over a streamed training run")
+    streaming.add_argument("--num-images", type=int, default=4000, help="digits-mosaic training images in the shards")
+    streaming.add_argument("--num-shards", type=int, default=8)
+    streaming.add_argument("--steps", type=int, default=300)
+    streaming.add_argument("--batch-size", type=int, default=32)
     return parser
 
 
