@@ -8,13 +8,17 @@ One subcommand per benchmark, each printing a table and optionally writing `--js
     python scripts/benchmark.py train-step [--preset tiny --batch-size 64 --precision fp32|bf16|fp16 --device auto]
     python scripts/benchmark.py inference [--preset tiny --batch-size 64 --source-size 256]
     python scripts/benchmark.py data --dataset folder --root DIR [--make-images 352 --image-size 448]
+    python scripts/benchmark.py serving --model runs/demo/model [--batch-size 64 --threads 2]
+    python scripts/benchmark.py streaming [--num-images 4000 --num-shards 8 --steps 300]
 
 `losses` times forward + backward of SSCL + PSCL at paper scale (sadcl-hf in reference and corrected mode, against
 a dense `(B*V*K)^2` re-implementation of the released algorithm kept here only as the baseline) and measures the
 peak extra resident memory of each variant in a fresh subprocess. `train-step` measures images/s and peak memory
 (CUDA allocator peak on a GPU, peak RSS on CPU) of whole training steps; `inference` compares the tagging pipeline
 with the bare model forward on the same batch; `data` measures images/s of one data-loading worker on the training
-path (decode + the paper's augmentation + collate) on JPEGs it can write itself (`--make-images N`).
+path (decode + the paper's augmentation + collate) on JPEGs it can write itself (`--make-images N`); `serving`
+compares PyTorch eager with ONNX Runtime float32 and static int8 on a saved model (and the int8 mAP change for the
+demo model); `streaming` samples the resident memory of a training run that streams parquet shards.
 """
 
 from __future__ import annotations
