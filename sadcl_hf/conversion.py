@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .configuration_sadcl import SADCLConfig
 
@@ -39,8 +40,6 @@ __all__ = [
     "q2l_zoo_model",
 ]
 
-_IMAGENET_MEAN = [0.485, 0.456, 0.406]
-_IMAGENET_STD = [0.229, 0.224, 0.225]
 # Where each release's code and weights come from, and what its licence allows (neither repository has a licence
 # file, so the card says so instead of naming one).
 _SOURCES = {
@@ -426,8 +425,8 @@ def convert_official_state_dict(
         projection_dim=state_dict["proj_head.layers.1.weight"].shape[0]
         if "proj_head.layers.1.weight" in state_dict
         else 1024,
-        image_mean=list(image_mean or _IMAGENET_MEAN),
-        image_std=list(image_std or _IMAGENET_STD),
+        image_mean=list(image_mean or IMAGENET_DEFAULT_MEAN),
+        image_std=list(image_std or IMAGENET_DEFAULT_STD),
         id2label=id2label if id2label is not None else {i: f"LABEL_{i}" for i in range(num_labels)},
     )
     converted = _rename_backbone(family, state_dict, config)
