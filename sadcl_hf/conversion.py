@@ -112,10 +112,10 @@ _TRESNETS = {
     ((3, 4, 23, 3), 64, True): "tresnet_v2_l",
 }
 _SWIN_LARGE = {"embed_dim": 192, "depths": (2, 2, 18, 2), "num_heads": (6, 12, 24, 48), "window_size": 12}
-# CvT's per-stage heads are not stored in the weights; the published models by per-stage width.
+# CvT's per-stage heads are not stored in the weights: those of the published models, by per-stage width.
 _CVT_HEADS = {(64, 192, 384): [1, 3, 6], (192, 768, 1024): [3, 12, 16]}
 # Official CvT (microsoft/CvT) key -> transformers `CvtModel` key, as transformers' CvT conversion script.
-_CVT_RULES: list[tuple[str, str]] = [
+_CVT_RULES: list[tuple[str, Any]] = [  # replacement: a template or a function of the match
     (r"^stage(\d+)\.patch_embed\.proj\.", r"encoder.stages.\1.embedding.convolution_embeddings.projection."),
     (r"^stage(\d+)\.patch_embed\.norm\.", r"encoder.stages.\1.embedding.convolution_embeddings.normalization."),
     (r"^stage(\d+)\.cls_token$", r"encoder.stages.\1.cls_token"),
@@ -169,11 +169,12 @@ def load_official_checkpoint(path: str | Path) -> dict[str, Any]:
         return {"state_dict": load_file(str(path))}
     with torch.serialization.safe_globals(_numpy_pickle_globals()):
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):  # the legacy (non-zip) format cannot be memory-mapped
-                raise
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as error:
+                if "mmap" not in str(error):  # the legacy (non-zip) format cannot be memory-mapped
+                    raise
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             raise pickle.UnpicklingError(
                 f"{path}: refused to unpickle: the file holds objects other than tensors, plain containers and numpy "

@@ -363,10 +363,17 @@ class _RunsCode:
         return os.system, (f"touch {self.marker}",)
 
 
-def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+@pytest.mark.parametrize("legacy_format", [False, True])
+def test_a_pickle_that_would_run_code_is_refused(tmp_path, legacy_format):
     marker = tmp_path / "code_ran"
     state_dict = load_file(LOCAL_FIXTURES / "resnet101_state_dict.fp16.safetensors")
-    checkpoint = _q2l_checkpoint(state_dict, tmp_path / "checkpoint.pkl", numpy1_scalar=True, hook=_RunsCode(marker))
+    if legacy_format:  # torch's pre-1.6 format, which is not memory-mapped
+        checkpoint = tmp_path / "checkpoint.pth"
+        torch.save({"state_dict": state_dict, "hook": _RunsCode(marker)}, checkpoint,
+                   _use_new_zipfile_serialization=False)
+    else:
+        checkpoint = _q2l_checkpoint(state_dict, tmp_path / "checkpoint.pkl", numpy1_scalar=True,
+                                     hook=_RunsCode(marker))
     with pytest.raises(pickle.UnpicklingError, match="refused to unpickle.*could run code"):
         convert_official_checkpoint(checkpoint, tmp_path / "out")
     assert not marker.exists() and not (tmp_path / "out").exists()
