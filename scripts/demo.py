@@ -4,11 +4,13 @@
 1. builds digits-mosaic (scikit-learn's handwritten digits in 64 px mosaics; cached after the first run);
 2. stage 1: trains the baseline (SARL + ASL), tiny preset, from scratch;
 3. stage 2: prototypes from the stage-1 model, then the full SADCL objective;
-4. evaluates both on the test split (raw and EMA weights) and prints one table;
+4. evaluates both on the test split (raw and EMA weights) and prints one table, then how well the label-level
+   features of present classes separate by class (cosine silhouette; same-class minus different-class mean cosine);
 5. calibrates per-class thresholds on the validation split;
 6. saves a Hub-ready folder to OUTPUT_DIR/model (weights, config with labels and thresholds, image processor,
    remote code, model card with the measured results);
-7. tags test images with `pipeline("multi-label-image-classification")` and writes attention maps;
+7. tags test images with `pipeline("multi-label-image-classification")`, writes attention maps, and the t-SNE
+   pictures of the label-level features, projected features and prototypes of the baseline and SADCL models;
 8. writes OUTPUT_DIR/results.json.
 """
 
@@ -28,11 +30,13 @@ from sadcl_hf.attention_maps import save_attention_maps
 from sadcl_hf.calibration import format_calibration_report
 from sadcl_hf.data import label_names, load_multilabel_dataset
 from sadcl_hf.evaluation import metric_names
+from sadcl_hf.feature_analysis import analyze_label_features, plot_label_features
 from sadcl_hf.model_card import save_model_card
 from sadcl_hf.training import parse_arguments, read_config_file, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = metric_names(top_k=3)
+TSNE_ITERATIONS = 500  # half of sklearn's default: keeps the demo within its time budget on 2 CPU cores
 
 
 def _banner(text: str) -> None:
@@ -57,6 +61,18 @@ def _table(results: dict[str, dict]) -> str:
     rows = [header, "-" * len(header)]
     for key in METRICS:
         rows.append(f"{key:<14}" + "".join(f"{results[stage][weights][key]:>17.2f}" for stage, weights in columns))
+    return "\n".join(rows)
+
+
+def _separation_table(analyses: dict) -> str:
+    header = f"{'model':<14}{'silhouette':>12}{'separation':>12}{'same-class':>12}{'diff-class':>12}"
+    rows = [header + "   (projected: silhouette, separation)", "-" * len(header)]
+    for stage, analysis in analyses.items():
+        s = analysis.scores
+        rows.append(
+            f"{stage:<14}{s['silhouette']:>12.3f}{s['separation']:>12.3f}{s['same_class_cosine']:>12.3f}"
+            f"{s['different_class_cosine']:>12.3f}   ({s['projected_silhouette']:.3f}, {s['projected_separation']:.3f})"
+        )
     return "\n".join(rows)
 
 
@@ -113,6 +129,22 @@ def main() -> None:
 
     _banner("4/8 test-split results (digits-mosaic test; EMA = exponential moving average of the weights)")
     print(_table(results))
+    # t-SNE for the pictures of step 7 (baseline and SADCL), the separation numbers for every model.
+    analyses = {
+        stage: analyze_label_features(
+            AutoModelForImageClassification.from_pretrained(output_dir / stage / "model"),
+            dataset["test"],
+            with_tsne=stage in ("baseline", "sadcl"),
+            tsne_max_iter=TSNE_ITERATIONS,
+        )
+        for stage in results
+    }
+    first = next(iter(analyses.values())).features
+    print(
+        f"\nlabel-level features of present classes ({len(first.classes)} features of the first {first.num_images} "
+        "test images; EMA weights): cosine silhouette, same-class minus different-class mean cosine"
+    )
+    print(_separation_table(analyses))
 
     _banner("5/8 per-class thresholds calibrated on the validation split")
     model = AutoModelForImageClassification.from_pretrained(output_dir / "sadcl" / "model").eval()
@@ -152,6 +184,13 @@ def main() -> None:
         model, processor, images, attention_dir, names=[f"test_{i}" for i in range(len(images))]
     )
     print(f"attention maps: {len(written)} pictures in {attention_dir}")
+    features_dir = output_dir / "label_features"
+    titles = {"baseline": "baseline (stage 1, ASL)", "sadcl": "SADCL (stage 2, ASL + SSCL + PSCL)"}
+    pictures = [
+        plot_label_features(analyses[stage], features_dir / f"tsne_{stage}.png", title=title)
+        for stage, title in titles.items()
+    ]
+    print(f"t-SNE pictures: {', '.join(str(path) for path in pictures)}")
 
     _banner("8/8 results")
     wall_seconds = time.perf_counter() - start
@@ -162,6 +201,7 @@ def main() -> None:
         "sadcl_raw": results["sadcl"]["raw"],
         "calibration": {"validation_before": calibration["before"], "validation_after": calibration["after"]},
         **({"asl_control": results["asl-control"]["ema"]} if args.asl_control else {}),
+        "label_feature_separation": {stage: analysis.scores for stage, analysis in analyses.items()},
         "train_seconds": {stage: results[stage]["train_seconds"] for stage in results},
         "wall_seconds": wall_seconds,
         "torch_threads": torch.get_num_threads(),
@@ -170,7 +210,8 @@ def main() -> None:
     control = f", ASL-only control {summary['asl_control']['map']:.2f}" if args.asl_control else ""
     print(f"test mAP (EMA): baseline {summary['baseline']['map']:.2f}, SADCL {summary['sadcl']['map']:.2f}{control}")
     print(f"wall time: {wall_seconds:.0f} s")
-    print(f"model: {final_dir}\nattention maps: {attention_dir}\nresults: {output_dir / 'results.json'}")
+    print(f"model: {final_dir}\nattention maps: {attention_dir}\nt-SNE pictures: {features_dir}")
+    print(f"results: {output_dir / 'results.json'}")
     print(f"runs: {output_dir / 'baseline'} (stage 1), {output_dir / 'sadcl'} (stage 2)")
 
 

@@ -39,3 +39,9 @@ def test_demo_runs_every_step_end_to_end(tmp_path):
     card = (model_dir / "README.md").read_text()
     assert "model-index" in card and "digits-mosaic" in card
     assert len(list((output / "attention").glob("*.png"))) == 3
+    separation = results["label_feature_separation"]
+    assert set(separation) == {"baseline", "sadcl"}
+    for stage in ("baseline", "sadcl"):
+        assert -1 <= separation[stage]["silhouette"] <= 1 and -2 <= separation[stage]["separation"] <= 2
+        assert f"{separation[stage]['silhouette']:.3f}" in stdout  # printed in step 4
+        assert (output / "label_features" / f"tsne_{stage}.png").stat().st_size > 10_000
