@@ -478,18 +478,22 @@ def run_data(args: argparse.Namespace) -> Dict[str, object]:
 def _interleaved_images_per_second(
     runners: Dict[str, Callable[[], object]], batch_size: int, warmup: int, min_seconds: float
 ) -> Dict[str, float]:
-    """Median images/s of each runner (one batch per call). The runners take turns, round after round (at least 5
-    rounds and `min_seconds` in all), so a load that comes and goes on a shared machine hits them alike."""
-    for runner in runners.values():
-        for _ in range(warmup):
-            runner()
+    """Median images/s of each runner (one batch per call). The runners take turns in blocks, round after round (at
+    least 3 rounds and `min_seconds` in all), so a load that comes and goes on a shared machine hits them alike; each
+    block starts with `warmup` untimed calls, so the previous runner's threads (OpenMP and onnxruntime spin-wait
+    after their work) have settled before timing."""
     times: Dict[str, List[float]] = {name: [] for name in runners}
     start_all = time.perf_counter()
-    while len(times[next(iter(runners))]) < 5 or time.perf_counter() - start_all < min_seconds:
+    rounds = 0
+    while rounds < 3 or time.perf_counter() - start_all < min_seconds:
         for name, runner in runners.items():
-            start = time.perf_counter()
-            runner()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(warmup):
+                runner()
+            for _ in range(3):
+                start = time.perf_counter()
+                runner()
+                times[name].append(time.perf_counter() - start)
+        rounds += 1
     return {name: batch_size / statistics.median(values) for name, values in times.items()}
 
 

@@ -11,7 +11,7 @@ OUTPUT defaults to MODEL_DIR/onnx/model.onnx, beside the weights, so a pushed mo
 names, thresholds and normalisation are in the ONNX metadata.
 
 `--quantize int8` also writes MODEL_DIR/onnx/model_quantized.onnx (`backend="onnx-int8"`): onnxruntime's static
-quantization in QDQ format (int8 weights per channel, uint8 activations; every Conv, MatMul and Gemm), with
+quantization in QDQ format (int8 weights per channel, uint8 activations; every Conv, MatMul, Gemm, Add ...), with
 activation ranges calibrated on images of `--calibration-split`; then it prints the mAP of the float and int8
 graphs on `--eval-split` and records the change in the model card (MODEL_DIR/README.md). Needs the `[onnx]` extra.
 """
