@@ -246,7 +246,11 @@ def build_app(model: str | os.PathLike | Tagger, examples: Sequence[str | os.Pat
                 overlay = gr.Image(label="Attention map", type="pil", interactive=False, elem_id="sadcl-attention")
 
         model_events = {"concurrency_id": "model", "concurrency_limit": 1}
-        instant = {"concurrency_id": "threshold", "concurrency_limit": None, "show_progress": "hidden"}
+        # Re-thresholding never waits for the model; one at a time, the latest value last, so the page shows it.
+        instant = {
+            "concurrency_id": "threshold", "concurrency_limit": 1, "trigger_mode": "always_last",
+            "show_progress": "hidden",
+        }  # fmt: skip
         files.change(
             tag_images, [files, calibrated, threshold],
             [state, status, tags, image_choice, label_choice, overlay], **model_events,
