@@ -17,7 +17,10 @@ waits on the model.
 from __future__ import annotations
 
 import html
+import importlib.metadata
 import os
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,9 @@ from .attention_maps import class_attention_maps, render_attention_grid
 from .data.images import ImageLoadError
 from .pipeline import MULTI_LABEL_TASK, load_pipeline_image, resolve_thresholds
 
-__all__ = ["Tagger", "build_app", "digits_mosaic_examples"]
+__all__ = [
+    "Tagger", "build_app", "default_examples", "digits_mosaic_examples", "space_requirements", "write_space_folder"
+]
 
 _CSS = """
 .sadcl-image { margin-bottom: 0.8em; }
@@ -112,6 +117,17 @@ def digits_mosaic_examples(
     for path, image in zip(paths, test_split.select(range(num_examples))["image"]):
         image.save(path)
     return paths
+
+
+def default_examples(
+    label_names: Sequence[str], directory: str | os.PathLike, num_examples: int = 8
+) -> list[Path]:
+    """[`digits_mosaic_examples`] for a model whose labels are the digits "0" ... "9" (the demo's), else none."""
+    from .data.digits_mosaic import DIGIT_CLASSES
+
+    if num_examples < 1 or tuple(label_names) != DIGIT_CLASSES:
+        return []
+    return digits_mosaic_examples(directory, num_examples)
 
 
 def _tags_html(names: Sequence[str], tags: Sequence[Sequence[dict[str, Any]]], thresholds: np.ndarray) -> str:
@@ -232,7 +248,10 @@ def build_app(model: str | os.PathLike | Tagger, examples: Sequence[str | os.Pat
                         examples=[[os.fspath(path)] for path in examples], inputs=files, label="Example images"
                     )
                 calibrated = gr.Checkbox(
-                    label="Per-class thresholds of the model", value=True, info=calibrated_info, elem_id="sadcl-calibrated"
+                    label="Per-class thresholds of the model",
+                    value=True,
+                    info=calibrated_info,
+                    elem_id="sadcl-calibrated",
                 )
                 threshold = gr.Slider(
                     0.0, 1.0, value=0.5, step=0.01, label="Threshold for every class", elem_id="sadcl-threshold"
@@ -260,3 +279,74 @@ def build_app(model: str | os.PathLike | Tagger, examples: Sequence[str | os.Pat
         image_choice.input(choose_image, [state, image_choice], [label_choice, overlay], **model_events)
         label_choice.input(choose_label, [state, image_choice, label_choice], overlay, **model_events)
     return app
+
+
+_SPACE_APP = """\
+\"\"\"SADCL tagger for {model_id} (written by sadcl-hf's `scripts/push_to_hub.py --space`).\"\"\"
+
+from pathlib import Path
+
+from sadcl_hf.app import build_app
+
+MODEL_ID = {model_id!r}
+EXAMPLES = sorted(Path(__file__).parent.glob("examples/*"))
+
+build_app(MODEL_ID, examples=EXAMPLES).queue().launch()
+"""
+
+_SPACE_README = """\
+---
+title: SADCL tagger
+emoji: 🏷️
+colorFrom: indigo
+colorTo: yellow
+sdk: gradio
+sdk_version: {gradio_version}
+app_file: app.py
+models:
+  - {model_id}
+pinned: false
+---
+
+Multi-label tagging with [{model_id}](https://huggingface.co/{model_id}), a SADCL model (Semantic-Aware Dual
+Contrastive Learning, ECAI 2023): drop images, read their tags, move the threshold, look at each tag's attention map.
+The app and the `sadcl_hf` package beside it were written by sadcl-hf's `scripts/push_to_hub.py --space`.
+"""
+
+
+def space_requirements() -> list[str]:
+    """The Space's requirements.txt lines: sadcl-hf's own dependencies and those of its `app` extra, as installed."""
+    requirements = []
+    for requirement in importlib.metadata.requires("sadcl-hf") or []:
+        name, _, marker = requirement.partition(";")
+        extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker)
+        if extra is None or extra.group(1) == "app":
+            requirements.append(name.strip())
+    return requirements
+
+
+def write_space_folder(
+    directory: str | os.PathLike, model_id: str, examples: Sequence[str | os.PathLike] = ()
+) -> list[str]:
+    """Writes a ready Hugging Face Space (Gradio SDK) serving the web tagger for the Hub model `model_id`.
+
+    The folder holds `app.py` (`build_app(model_id)`), a copy of the `sadcl_hf` package (it is not on PyPI),
+    `requirements.txt` ([`space_requirements`]), `README.md` (the Space's card: SDK, app file, the model id) and the
+    `examples` images under `examples/`. Returns the written paths relative to `directory`.
+    """
+    import gradio
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "app.py").write_text(_SPACE_APP.format(model_id=model_id), encoding="utf-8")
+    (directory / "requirements.txt").write_text("\n".join(space_requirements()) + "\n", encoding="utf-8")
+    readme = _SPACE_README.format(model_id=model_id, gradio_version=gradio.__version__)
+    (directory / "README.md").write_text(readme, encoding="utf-8")
+    shutil.copytree(
+        Path(__file__).resolve().parent, directory / "sadcl_hf",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True,
+    )  # fmt: skip
+    for path in examples:
+        (directory / "examples").mkdir(exist_ok=True)
+        shutil.copyfile(path, directory / "examples" / Path(path).name)
+    return sorted(path.relative_to(directory).as_posix() for path in directory.rglob("*") if path.is_file())

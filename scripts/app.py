@@ -15,8 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from sadcl_hf.app import Tagger, build_app, digits_mosaic_examples
-from sadcl_hf.data.digits_mosaic import DIGIT_CLASSES
+from sadcl_hf.app import Tagger, build_app, default_examples
 
 
 def main() -> None:
@@ -34,9 +33,9 @@ def main() -> None:
     args = parser.parse_args()
 
     tagger = Tagger(args.model)
-    examples = args.examples or []
-    if not examples and args.num_examples > 0 and tuple(tagger.label_names) == DIGIT_CLASSES:
-        examples = digits_mosaic_examples(Path(tempfile.gettempdir()) / "sadcl-app-examples", args.num_examples)
+    examples = args.examples or default_examples(
+        tagger.label_names, Path(tempfile.gettempdir()) / "sadcl-app-examples", args.num_examples
+    )
     for path in examples:
         if not os.path.isfile(path):
             parser.error(f"--examples: no such file {path}")

@@ -9,6 +9,12 @@ modeling_sadcl.py, losses.py), the image processor (MODEL_DIR's, else the one de
 card: MODEL_DIR/README.md when present (as `sadcl_hf.model_card.save_model_card` writes it, with metrics), its model
 id (title, usage snippets, model-index name) replaced by REPO_ID, else a card generated from the config. Everything
 goes up in one commit (`huggingface_hub.HfApi.upload_folder`). Log in first (`hf auth login`) or set HF_TOKEN.
+
+    python scripts/push_to_hub.py MODEL_DIR REPO_ID --space ORG/NAME
+
+also writes a ready Gradio Space ORG/NAME serving the web tagger for REPO_ID (`sadcl_hf.app.write_space_folder`:
+app.py, requirements.txt, the Space card naming the model, a copy of sadcl_hf; for a digits model, digits-mosaic
+example images) and uploads it in one commit (needs `pip install "sadcl-hf[app]"`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard
-from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
 from sadcl_hf.image_processing import image_processor_for_config
 from sadcl_hf.model_card import save_model_card
@@ -69,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit-message", default="Upload SADCL model")
     parser.add_argument("--revision", default=None, help="branch to push to (default: main)")
     parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one or HF_TOKEN)")
+    parser.add_argument("--space", default=None, metavar="ORG/NAME", help="also push a web-tagger Space for the model")
     args = parser.parse_args(argv)
 
     model_dir = Path(args.model_dir)
@@ -84,6 +91,21 @@ def main(argv: list[str] | None = None) -> int:
             folder_path=staging, repo_id=repo_id, commit_message=args.commit_message, revision=args.revision
         )
     print(f"pushed {len(files)} files ({', '.join(files)}) to {repo_id}: {commit.commit_url}")
+    if args.space:
+        from sadcl_hf.app import default_examples, write_space_folder
+
+        label_names = AutoConfig.from_pretrained(model_dir).label_names
+        with tempfile.TemporaryDirectory() as staging:
+            examples = default_examples(label_names, Path(staging) / "digits-mosaic", num_examples=4)
+            files = write_space_folder(Path(staging) / "space", repo_id, examples=examples)
+            space_id = api.create_repo(
+                args.space, repo_type="space", space_sdk="gradio", private=args.private or None, exist_ok=True
+            ).repo_id
+            commit = api.upload_folder(
+                folder_path=Path(staging) / "space", repo_id=space_id, repo_type="space",
+                commit_message=f"Web tagger for {repo_id}",
+            )  # fmt: skip
+        print(f"pushed the Space ({len(files)} files) to {space_id}: {commit.commit_url}")
     return 0
 
 

@@ -2,9 +2,10 @@
 (`create_repo`, `upload_folder`/`create_commit` with regular and LFS files) and downloads (`hf_hub_download`,
 `snapshot_download`, transformers' `from_pretrained`), for tests without the internet.
 
-Model repositories only, no authentication, no Xet storage (clients must set `HF_HUB_DISABLE_XET=1`). Files whose
-name ends in a binary suffix (the Hub's default `.gitattributes`) or that are 10 MiB or larger go through the Git LFS
-batch API and a PUT upload to this server; the others travel base64-encoded inside the commit, as on the Hub.
+Model repositories, and Spaces for uploads (kept as `spaces/<id>` in `repos`); no authentication, no Xet storage
+(clients must set `HF_HUB_DISABLE_XET=1`). Files whose name ends in a binary suffix (the Hub's default
+`.gitattributes`) or that are 10 MiB or larger go through the Git LFS batch API and a PUT upload to this server; the
+others travel base64-encoded inside the commit, as on the Hub.
 
     server = HubServer().start()      # http://127.0.0.1:<free port>; point clients at it with HF_ENDPOINT
     ...
@@ -85,12 +86,13 @@ class HubError(Exception):
 
 
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
+_MODELS_OR_SPACES = r"/api/(?:models|(?P<space>spaces))"
 _ROUTES: list[tuple[tuple[str, ...], re.Pattern, str]] = [
     (("GET",), re.compile(r"/api/whoami-v2"), "whoami"),
     (("POST",), re.compile(r"/api/repos/create"), "create_repo"),
     (("POST",), re.compile(r"/api/validate-yaml"), "validate_yaml"),
-    (("POST",), re.compile(rf"/api/models/{_REPO}/preupload/(?P<revision>[^/]+)"), "preupload"),
-    (("POST",), re.compile(rf"/api/models/{_REPO}/commit/(?P<revision>[^/]+)"), "commit"),
+    (("POST",), re.compile(rf"{_MODELS_OR_SPACES}/{_REPO}/preupload/(?P<revision>[^/]+)"), "preupload"),
+    (("POST",), re.compile(rf"{_MODELS_OR_SPACES}/{_REPO}/commit/(?P<revision>[^/]+)"), "commit"),
     (("GET",), re.compile(rf"/api/models/{_REPO}/tree/(?P<revision>[^/]+)(?:/(?P<path>.+))?"), "tree"),
     (("GET",), re.compile(rf"/api/models/{_REPO}(?:/revision/(?P<revision>[^/]+))?"), "model_info"),
     (("POST",), re.compile(rf"/{_REPO}\.git/info/lfs/objects/batch"), "lfs_batch"),
@@ -161,9 +163,12 @@ class HubServer:
 
     def create_repo(self, request) -> dict:
         payload = request.json()
-        if payload.get("type", "model") != "model":
-            raise HubError(400, "this test server only hosts model repositories")
-        repo_id = f"{payload.get('organization') or self.user}/{payload['name']}"
+        if payload.get("type", "model") not in ("model", "space"):
+            raise HubError(400, "this test server only hosts model repositories and Spaces")
+        if payload.get("type") == "space" and not payload.get("sdk"):
+            raise HubError(400, "a Space needs an sdk")
+        prefix = "spaces/" if payload.get("type") == "space" else ""
+        repo_id = f"{prefix}{payload.get('organization') or self.user}/{payload['name']}"
         url = f"{self.endpoint}/{repo_id}"
         if repo_id in self.repos:
             raise HubError(409, "You already created this model repo", url=url)
@@ -175,7 +180,8 @@ class HubServer:
     def validate_yaml(self, request) -> dict:
         return {"errors": [], "warnings": []}
 
-    def preupload(self, request, repo: str, revision: str) -> dict:
+    def preupload(self, request, repo: str, revision: str, space: str | None = None) -> dict:
+        repo = f"spaces/{repo}" if space else repo
         head = self._commit(repo, revision)
         files = []
         for entry in request.json()["files"]:
@@ -211,7 +217,8 @@ class HubServer:
         self.lfs_objects[oid] = content
         return {}
 
-    def commit(self, request, repo: str, revision: str) -> dict:
+    def commit(self, request, repo: str, revision: str, space: str | None = None) -> dict:
+        repo = f"spaces/{repo}" if space else repo
         target = self._repo(repo)
         if revision != "main":
             raise HubError(400, "this test server only commits to main")

@@ -51,7 +51,8 @@ def tagged(tmp_path_factory):
     torch.manual_seed(3)
     config = SADCLConfig.from_preset("tiny", id2label=dict(enumerate(LABELS)), use_pretrained_backbone=False)
     model = SADCLForImageClassification(config).eval()
-    tagger = pipeline("multi-label-image-classification", model=model, image_processor=image_processor_for_config(model.config))
+    processor = image_processor_for_config(model.config)
+    tagger = pipeline("multi-label-image-classification", model=model, image_processor=processor)
     ranked = tagger(str(image_path), threshold=0.0)
     scores = {tag["label"]: tag["score"] for tag in ranked}
     chosen = {ranked[rank]["label"] for rank in (0, 2, 4)}
@@ -77,7 +78,8 @@ def app_url(tagged, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("app") / "app.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "NO_PROXY": "127.0.0.1,localhost"}
-    command = [sys.executable, "scripts/app.py", "--model", str(model_dir), "--port", str(port), "--examples", str(image_path)]
+    command = [sys.executable, "scripts/app.py", "--model", str(model_dir), "--port", str(port)]
+    command += ["--examples", str(image_path)]
     with open(log, "w") as output:
         server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"

@@ -68,7 +68,8 @@ def test_collected_features_are_the_models_features_of_present_classes(digits_mo
         outputs = digits_model(pixel_values=batch["pixel_values"])
     image_index, class_index = torch.nonzero(batch["labels"] > 0.5, as_tuple=True)
     np.testing.assert_allclose(collected.features, outputs.label_features[image_index, class_index], atol=1e-5)
-    np.testing.assert_allclose(collected.projected, outputs.projected_label_features[image_index, class_index], atol=1e-5)
+    projected = outputs.projected_label_features[image_index, class_index]
+    np.testing.assert_allclose(collected.projected, projected, atol=1e-5)
     np.testing.assert_array_equal(collected.classes, class_index.numpy())
     assert collected.num_images == len(dataset) and collected.label_names == [str(i) for i in range(10)]
     np.testing.assert_array_equal(collected.prototypes, digits_model.prototypes.detach().numpy())

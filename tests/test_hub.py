@@ -6,6 +6,7 @@ huggingface_hub reads HF_ENDPOINT when it is imported, so the client side runs i
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -216,3 +217,41 @@ def test_push_script_card_from_the_recorded_results(tiny_model_dir, tmp_path):
     card = ModelCard.load(tmp_path / "staging" / "README.md")
     assert card.data.model_name == REPO_ID
     assert [(r.metric_type, r.metric_value, r.dataset_split) for r in card.data.eval_results] == [("map", 70.0, "test")]
+
+
+def test_push_with_space_writes_a_web_tagger_that_loads_the_pushed_model(tiny_model_dir, tmp_path, hub):
+    env = client_env(hub, tmp_path)
+    push = run_python(["scripts/push_to_hub.py", str(tiny_model_dir), REPO_ID, "--space", "tester/sadcl-tagger"], env)
+    assert "pushed the Space" in push.stdout and "to tester/sadcl-tagger" in push.stdout
+
+    files = hub.repos["spaces/tester/sadcl-tagger"].commits[-1].files
+    assert {"app.py", "requirements.txt", "README.md", "sadcl_hf/app.py", "sadcl_hf/modeling_sadcl.py"} <= set(files)
+    requirements = files["requirements.txt"].content.decode().splitlines()
+    assert {"gradio", "torch", "transformers", "timm"} <= {re.split(r"[<>=!~;\[ ]", line)[0] for line in requirements}
+    card = files["README.md"].content.decode()
+    assert "sdk: gradio" in card and "app_file: app.py" in card and f"models:\n  - {REPO_ID}" in card
+
+    # The Space's app.py, with the Space's own copy of sadcl_hf, builds the page for the model pushed to the Hub.
+    space = tmp_path / "space"
+    for name, stored in files.items():
+        (space / name).parent.mkdir(parents=True, exist_ok=True)
+        (space / name).write_bytes(stored.content)
+    script = textwrap.dedent(
+        """
+        import runpy
+        import gradio
+        gradio.Blocks.launch = lambda self, *args, **kwargs: print("LAUNCH", len(self.blocks))
+        namespace = runpy.run_path("app.py")
+        import sadcl_hf
+        print("PACKAGE", sadcl_hf.__file__)
+        print("MODEL", namespace["MODEL_ID"])
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env={**env, "PYTHONPATH": str(space)}, cwd=space, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "LAUNCH" in result.stdout and f"MODEL {REPO_ID}" in result.stdout
+    assert f"PACKAGE {space / 'sadcl_hf' / '__init__.py'}" in result.stdout
+    assert hub.unhandled == []
