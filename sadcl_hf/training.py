@@ -117,8 +117,8 @@ class DataArguments:
         default=False,
         metadata={
             "help": "Stream the splits (datasets IterableDataset, shard by shard) from --dataset_root: a folder of "
-            "parquet shards (<root>/<split>/*.parquet) or a Hub dataset id; needs --max_steps. Each process reads "
-            "its own shards."
+            "parquet or WebDataset shards (<root>/<split>/*.parquet or *.tar) or a Hub dataset id; needs "
+            "--max_steps. Each process reads its own shards."
         },
     )
 

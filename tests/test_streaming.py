@@ -1,8 +1,10 @@
 """Streaming data: parquet shards read as a `datasets.IterableDataset`, training with `max_steps`, and two
 `accelerate launch` processes that each read their own shards (`split_dataset_by_node`)."""
 
+import io
 import json
 import os
+import tarfile
 import subprocess
 import sys
 from pathlib import Path
@@ -58,8 +60,34 @@ def test_parquet_shards_stream_with_their_class_names(parquet_root, tmp_path):
     rows = list(stream)
     assert [row["sample_id"] for row in rows] == [f"train-{index}" for index in range(48)]
     assert rows[0]["image"].size == (64, 64) and all(isinstance(i, int) for i in rows[0]["labels"])
-    with pytest.raises(DatasetLayoutError, match="parquet shards of the 'test' split"):
+    with pytest.raises(DatasetLayoutError, match="WebDataset shards of the 'test' split"):
         load_streaming_dataset(parquet_root, "test")
+
+
+def test_webdataset_shards_stream_in_the_same_schema(tmp_path):
+    dataset = load_multilabel_dataset(
+        "digits-mosaic", split="validation", num_train=8, num_validation=12, num_test=8, cache_dir=str(tmp_path / "c")
+    )
+    names = label_names(dataset)
+    (tmp_path / "wds" / "validation").mkdir(parents=True)
+    for shard in range(2):
+        with tarfile.open(tmp_path / "wds" / "validation" / f"validation-{shard:05d}.tar", "w") as tar:
+            for index in range(shard * 6, shard * 6 + 6):
+                row, encoded = dataset[index], io.BytesIO()
+                row["image"].save(encoded, format="PNG")
+                labels = json.dumps({"labels": [names[i] for i in reversed(row["labels"])]}).encode()
+                for extension, data in (("png", encoded.getvalue()), ("json", labels)):
+                    member = tarfile.TarInfo(f"{index:06d}.{extension}")
+                    member.size = len(data)
+                    tar.addfile(member, io.BytesIO(data))
+    with pytest.raises(DatasetLayoutError, match="classes.txt"):
+        load_streaming_dataset(tmp_path / "wds", "validation")
+    (tmp_path / "wds" / "classes.txt").write_text("\n".join(names) + "\n")
+    stream = load_streaming_dataset(tmp_path / "wds", "validation")
+    assert stream.n_shards == 2 and label_names(stream) == names
+    rows = list(stream)
+    assert [row["labels"] for row in rows] == [dataset[index]["labels"] for index in range(12)]
+    assert rows[0]["image"].size == (64, 64)
 
 
 def test_streaming_needs_max_steps(parquet_root, tmp_path):
