@@ -24,6 +24,7 @@ from .data import (
     label_names,
     load_multilabel_dataset,
 )
+from .data.streaming import load_streaming_dataset
 from .image_processing import backbone_normalization, eval_collator_for_config, image_processor_for_config
 from .modeling_sadcl import SADCLForImageClassification
 from .prototypes import compute_dataset_prototypes, load_prototypes, save_prototypes
