@@ -107,7 +107,7 @@ def bar_chart(summary: dict[str, dict[str, tuple[float, float, int]]], path: Pat
         axis.bar(range(len(variants)), means, yerr=stds, color=colours, capsize=4)
         low, high = float((means - stds).min()), float((means + stds).max())
         margin = max(high - low, 1e-3) * 0.6
-        axis.set_ylim(low - margin, high + margin)
+        axis.set_ylim(low - margin, min(high + margin, 100.0) if key in ("map", "cf1") else high + margin)
         axis.set_xticks(range(len(variants)), variants, rotation=30, ha="right", fontsize=8)
         axis.set_title(title)
     seeds = max(summary[v]["map"][2] for v in variants)
