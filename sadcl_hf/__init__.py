@@ -33,11 +33,12 @@ SADCLModel.register_for_auto_class("AutoModel")
 SADCLForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 register_pipeline()  # pipeline("multi-label-image-classification", model=...)
 
-_LAZY = {"SADCLTrainer": ".trainer", "SADCLTrainingArguments": ".trainer"}
+_LAZY = {"SADCLTrainer": ".trainer", "SADCLTrainingArguments": ".trainer", "SADCLOnnxModel": ".onnx_runtime"}
 
 
 def __getattr__(name: str):
-    """`SADCLTrainer` and `SADCLTrainingArguments` import transformers' Trainer only when asked for."""
+    """`SADCLTrainer` and `SADCLTrainingArguments` import transformers' Trainer, and `SADCLOnnxModel` the ONNX
+    Runtime backend, only when asked for."""
     if name in _LAZY:
         import importlib
 
@@ -58,6 +59,7 @@ __all__ = [
     "SADCLLossOutput",
     "SADCLModel",
     "SADCLModelOutput",
+    "SADCLOnnxModel",
     "SADCLPreTrainedModel",
     "SADCLTrainer",
     "SADCLTrainingArguments",
