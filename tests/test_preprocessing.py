@@ -154,3 +154,13 @@ def test_trainer_evaluate_map_equals_the_pipelines(saved_model, tmp_path):
     for row, labels in enumerate(split["labels"]):
         targets[row, labels] = 1
     assert abs(mean_average_precision(scores, targets) - reported) < 0.01
+
+
+def test_evaluation_collator_pickles_for_dataloader_workers(saved_model, photo_files):
+    import pickle
+
+    model, _ = saved_model
+    collator = eval_collator_for_config(model.config)
+    examples = [{"image": photo_files["cmyk.jpg"], "labels": [1]}, {"image": photo_files["rgba.png"], "labels": []}]
+    restored = pickle.loads(pickle.dumps(collator))
+    assert torch.equal(restored(examples)["pixel_values"], collator(examples)["pixel_values"])
