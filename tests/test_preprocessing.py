@@ -100,7 +100,9 @@ def test_every_path_gives_the_same_tensors_on_odd_photographs(saved_model, photo
     paths = {}
     paths["training-time evaluation"] = eval_collator_for_config(model.config)(list(dataset))["pixel_values"]
     tagger = pipeline("multi-label-image-classification", model=str(folder))
-    paths["pipeline (model folder)"] = torch.cat([tagger.preprocess(photo_files[name])["pixel_values"] for name in names])
+    paths["pipeline (model folder)"] = torch.cat(
+        [tagger.preprocess(photo_files[name])["pixel_values"] for name in names]
+    )
     saved_processor = AutoImageProcessor.from_pretrained(folder)
     paths["predict / calibration (AutoImageProcessor)"] = torch.cat(
         [saved_processor(images=load_image(photo_files[name]), return_tensors="pt")["pixel_values"] for name in names]

@@ -24,8 +24,8 @@ class MultiLabelCollator:
 
     Each example is a mapping with an image (a `PIL.Image.Image`, a path, encoded bytes or a `datasets.Image`
     storage dict `{"path", "bytes"}`) and a list of class ids. Every image goes through [`load_image`] (RGB, EXIF
-    orientation; the only decoding on this path) and then `transform`. The collator is a plain picklable object, so it works with
-    `DataLoader(num_workers > 0)` and with `transformers.Trainer(..., data_collator=collator)` given
+    orientation; the only decoding on this path) and then `transform`. The collator is a plain picklable object, so
+    it works with `DataLoader(num_workers > 0)` and with `transformers.Trainer(..., data_collator=collator)` given
     `TrainingArguments(remove_unused_columns=False)`.
 
     To skip unreadable files at training time, keep the images undecoded so the failure reaches the collator:
