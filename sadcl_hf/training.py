@@ -203,7 +203,9 @@ def build_model(model_args: ModelArguments, names: list[str]) -> SADCLForImageCl
             f"{model_args.model_name_or_path}: its labels {model.config.label_names[:5]}... do not match the "
             f"dataset's {names[:5]}... ({model.config.num_labels} vs {len(names)} classes)"
         )
-    architecture_fields = {"backbone", "image_size", "hidden_dim", "num_labels", "use_pretrained_backbone"}
+    # The checkpoint holds the backbone's weights: whether a new model would fetch pretrained ones does not apply.
+    overrides.pop("use_pretrained_backbone", None)
+    architecture_fields = {"backbone", "image_size", "hidden_dim", "num_labels"}
     for name, value in overrides.items():
         if name in architecture_fields and getattr(model.config, name) != value:
             raise ValueError(f"cannot change {name} of the saved model {model_args.model_name_or_path}")

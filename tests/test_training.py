@@ -21,7 +21,7 @@ from transformers import (
 
 from sadcl_hf.model_card import record_training_summary
 from sadcl_hf.trainer import SADCLTrainer, SADCLTrainingArguments
-from sadcl_hf.training import parse_arguments, run_training
+from sadcl_hf.training import ModelArguments, build_model, parse_arguments, run_training
 
 from .conftest import make_tiny_model
 
@@ -92,6 +92,16 @@ def test_mapping_arguments_from_the_file_and_the_command_line(tmp_path):
         parse_arguments(["--output_dir", str(tmp_path), "--config_overrides", "dropout=0"])
     with pytest.raises(ValueError, match="--dataset_options: expected a JSON object"):
         parse_arguments(["--output_dir", str(tmp_path), "--dataset_options", "[1, 2]"])
+
+
+def test_saved_model_ignores_use_pretrained_backbone_and_refuses_architecture_changes(tmp_path):
+    make_tiny_model().save_pretrained(tmp_path / "stage1")
+    names = [f"class_{i}" for i in range(5)]
+    arguments = dict(stage="sadcl", model_name_or_path=str(tmp_path / "stage1"), use_pretrained_backbone=True)
+    model = build_model(ModelArguments(**arguments), names)
+    assert model.config.use_pretrained_backbone is False and model.config.objective == "sadcl"
+    with pytest.raises(ValueError, match="cannot change image_size"):
+        build_model(ModelArguments(**arguments, image_size=96), names)
 
 
 def test_missing_dataset_root_names_it(tmp_path):
