@@ -1,36 +1,27 @@
-"""`SADCLTrainer`: transformers' Trainer with the SADCL objective, its logged components, EMA weights, one-cycle
-schedule, online prototype initialisation and checkpoints that restore the memory bank and the EMA."""
+"""`SADCLTrainer`: transformers' Trainer with the SADCL objective and its logged components, the paper's parameter
+groups and one-cycle schedule, and evaluation of the EMA weights. EMA updates, online prototypes and the state kept
+next to checkpoints are callbacks (`sadcl_hf.callbacks`)."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import datasets
 import torch
 from datasets.distributed import split_dataset_by_node
-from safetensors.torch import load_file, save_file
 from timm.utils.model_ema import ModelEmaV3
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
+from .callbacks import CheckpointStateCallback, EMAUpdateCallback, OnlinePrototypeCallback, WeightSyncCheckCallback
 from .evaluation import compute_metrics as multilabel_compute_metrics
 from .model_card import record_training_summary, save_model_card
-from .prototypes import OnlinePrototypeInitializer
 
 __all__ = ["SADCLTrainer", "SADCLTrainingArguments"]
 
-logger = logging.getLogger(__name__)
-
-EMA_WEIGHTS_NAME = "ema.safetensors"
-ONLINE_PROTOTYPES_NAME = "online_prototypes.safetensors"
 LOSS_COMPONENTS = ("asl", "sscl", "pscl")
-
-
-def _memory_bank_name(process_index: int) -> str:
-    return f"memory_bank-rank{process_index}.safetensors"
 
 
 @dataclass
@@ -86,26 +77,18 @@ class SADCLTrainingArguments(TrainingArguments):
             raise ValueError("early_stopping_patience needs load_best_model_at_end and metric_for_best_model")
 
 
-class _EMAUpdateCallback(TrainerCallback):
-    """Updates the EMA and the online prototypes after each optimizer step."""
-
-    def __init__(self, trainer: "SADCLTrainer"):
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.trainer._after_optimizer_step(state.global_step)
-
-
 class SADCLTrainer(Trainer):
     """Trains a `SADCLForImageClassification` with its own objective (`outputs.loss`, eq. 12), logging the mean of
     each component (`asl`, `sscl`, `pscl`) alongside the loss.
 
-    - EMA weights (timm `ModelEmaV3`, decay `args.ema_decay`): `evaluate()` reports the raw model (`eval_*`) and the
-      EMA (`eval_ema_*`); checkpoints hold `ema.safetensors`; `save_final_model()` exports the EMA by default.
-    - The memory bank is updated by the model's training forward; checkpoints save it per process and resuming
-      restores it, with the optimizer, scheduler, RNG and EMA (Trainer's own mechanism).
-    - `args.online_prototype_steps > 0` (stage "single"): the prototypes follow the running means of confident
-      positive features (synchronised across processes) for the first steps, then train through PSCL.
+    - EMA weights (timm `ModelEmaV3`, decay `args.ema_decay`, updated by [`EMAUpdateCallback`]): `evaluate()`
+      reports the raw model (`eval_*`) and the EMA (`eval_ema_*`); `save_final_model()` exports the EMA by default.
+    - The memory bank is updated by the model's training forward; [`CheckpointStateCallback`] saves it per process
+      with each checkpoint, with the EMA, and `train(resume_from_checkpoint=...)` restores them.
+    - `args.online_prototype_steps > 0` (stage "single"): [`OnlinePrototypeCallback`] makes the prototypes the
+      running means of confident positive features for the first steps; then they train through PSCL.
+    - `eval_data_collator`: the collator of evaluation and prediction batches (default: `data_collator`), e.g.
+      [`eval_collator_for_config`] while `data_collator` augments.
     - `compute_metrics` defaults to the paper's metrics (`sadcl_hf.evaluation.compute_metrics`).
     - Model cards: `save_final_model` writes the SADCL card and records the run in the exported model's config
       (`sadcl_hf.model_card.record_training_summary`); `push_to_hub` uploads the SADCL card (`create_model_card`).
@@ -123,21 +106,26 @@ class SADCLTrainer(Trainer):
         self.eval_data_collator = eval_data_collator
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_count = 0
-        self.ema = None
-        if self.args.use_ema:
-            self.ema = ModelEmaV3(self.model, decay=self.args.ema_decay, use_warmup=self.args.ema_warmup)
         self.online_prototypes = None
         if self.args.online_prototype_steps > 0:
             config = self.model.config
-            self.online_prototypes = OnlinePrototypeInitializer(
-                config.num_labels, config.hidden_dim, threshold=config.prototype_threshold
+            self.online_prototypes = OnlinePrototypeCallback(
+                config.num_labels, config.hidden_dim, config.prototype_threshold, self.args.online_prototype_steps
             )
-        self.add_callback(_EMAUpdateCallback(self))
+            self.add_callback(self.online_prototypes)  # before the EMA update: the EMA follows the new prototypes
+        self.ema = None
+        if self.args.use_ema:
+            self.ema = ModelEmaV3(self.model, decay=self.args.ema_decay, use_warmup=self.args.ema_warmup)
+            self.add_callback(EMAUpdateCallback(self.ema))
+        self.checkpoint_state = CheckpointStateCallback(self.ema, self.online_prototypes)
+        self.add_callback(self.checkpoint_state)
+        self.add_callback(WeightSyncCheckCallback())
 
     # Data: evaluation batches get their own (deterministic) transform.
 
     @contextlib.contextmanager
     def _eval_collator(self):
+        # transformers 5.24 `_get_dataloader` batches every split with `self.data_collator`
         train_collator = self.data_collator
         if self.eval_data_collator is not None:
             self.data_collator = self.eval_data_collator
@@ -155,7 +143,7 @@ class SADCLTrainer(Trainer):
             return super().get_train_dataloader()
         return torch.utils.data.DataLoader(
             split_dataset_by_node(dataset, rank=self.args.process_index, world_size=self.args.world_size),
-            batch_size=self._train_batch_size,
+            batch_size=self._train_batch_size,  # transformers 5.24: args.train_batch_size or auto_find_batch_size's
             collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
@@ -181,8 +169,8 @@ class SADCLTrainer(Trainer):
                     total = self._component_sums.get(name, torch.zeros((), device=value.device))
                     self._component_sums[name] = total + value.detach().float()
             self._component_count += 1
-            if self.online_prototypes is not None and self.state.global_step < self.args.online_prototype_steps:
-                self.online_prototypes.update(outputs.label_features, outputs.logits, inputs["labels"])
+            if self.online_prototypes is not None:
+                self.online_prototypes.observe(outputs, inputs["labels"], self.state.global_step)
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -228,35 +216,11 @@ class SADCLTrainer(Trainer):
                 total_steps=max(num_training_steps, 2),
                 pct_start=self.args.one_cycle_pct_start,
             )
+            # transformers 5.24 `_prepare_for_training` drops a scheduler it made (this flag) when `train()` runs again
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)
 
-    # EMA and online prototypes.
-
-    def _after_optimizer_step(self, global_step: int) -> None:
-        model = self.accelerator.unwrap_model(self.model)
-        if self.online_prototypes is not None:
-            if global_step <= self.args.online_prototype_steps:
-                self._set_online_prototypes(model, final=global_step == self.args.online_prototype_steps)
-            else:  # resumed after the online phase
-                self.online_prototypes = None
-        if self.ema is not None:
-            self.ema.update(model, step=global_step)
-
-    @torch.no_grad()
-    def _set_online_prototypes(self, model, final: bool) -> None:
-        counts = self.online_prototypes.counts.to(model.prototypes.device).float()
-        means = self.online_prototypes.prototypes(torch.zeros_like(model.prototypes)).to(model.prototypes.device)
-        sums = self.accelerator.reduce(means * counts[:, None], reduction="sum")
-        counts = self.accelerator.reduce(counts, reduction="sum")
-        seen = counts > 0
-        model.prototypes[seen] = (sums[seen] / counts[seen, None]).to(model.prototypes.dtype)
-        model.reset_memory_bank(model.memory_bank.shape[0])
-        if final:
-            unseen = [model.config.id2label[i] for i in torch.nonzero(~seen).flatten().tolist()]
-            if unseen:
-                logger.warning("online prototypes: no confident positive seen for %s; they keep their init", unseen)
-            self.online_prototypes = None
+    # EMA evaluation.
 
     @contextlib.contextmanager
     def ema_model(self):
@@ -278,75 +242,17 @@ class SADCLTrainer(Trainer):
                 metrics.update(super().evaluate(eval_dataset, ignore_keys, f"{metric_key_prefix}_ema"))
         return metrics
 
-    def train(self, *args, **kwargs):
-        """transformers' `train`; the results a loaded model recorded (`config.training_summary`) describe weights
-        that training changes, so they are dropped."""
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """transformers' `train`, which also restores the SADCL state saved with `resume_from_checkpoint`. The results
+        a loaded model recorded (`config.training_summary`) describe weights that training changes: they are
+        dropped."""
         for model in (self.accelerator.unwrap_model(self.model), self.ema.module if self.ema is not None else None):
             if model is not None:
                 model.config.training_summary = None
-        result = super().train(*args, **kwargs)
-        self._check_processes_in_sync()
-        return result
-
-    @torch.no_grad()
-    def _check_processes_in_sync(self) -> None:
-        """With several processes, checks that every one ends with the same weights (a cheap checksum)."""
-        if self.args.world_size <= 1:
-            return
-        model = self.accelerator.unwrap_model(self.model)
-        checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
-        checksums = self.accelerator.gather(checksum.to(self.accelerator.device)).cpu()
-        if not torch.allclose(checksums, checksums[0].expand_as(checksums), rtol=1e-9, atol=0.0):
-            raise RuntimeError(f"processes ended training with different weights (checksums {checksums.tolist()})")
-        logger.info("weights identical on all %d processes after training", self.args.world_size)
-
-    # Checkpoints.
-
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        output_dir = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        output_dir.mkdir(parents=True, exist_ok=True)
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        save_file(
-            {"memory_bank": unwrapped.memory_bank.detach().contiguous().cpu()},
-            output_dir / _memory_bank_name(self.args.process_index),
-        )
-        if self.args.should_save and self.ema is not None:
-            save_file(
-                {k: v.detach().contiguous().cpu() for k, v in self.ema.module.state_dict().items()},
-                output_dir / EMA_WEIGHTS_NAME,
-            )
-        if self.online_prototypes is not None:
-            state = {k: v.detach().contiguous().cpu() for k, v in self.online_prototypes.state_dict().items()}
-            save_file(state, output_dir / f"rank{self.args.process_index}-{ONLINE_PROTOTYPES_NAME}")
-
-    def _load_best_model(self):
-        """`load_best_model_at_end`: the best checkpoint's EMA weights come back with its raw weights."""
-        super()._load_best_model()
-        ema_file = Path(self.state.best_model_checkpoint) / EMA_WEIGHTS_NAME
-        if self.ema is not None and ema_file.is_file():
-            self.ema.module.load_state_dict(load_file(ema_file, device=str(self.ema.module.prototypes.device)))
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        folder = Path(resume_from_checkpoint)
-        unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
-        bank_file = folder / _memory_bank_name(self.args.process_index)
-        if bank_file.is_file():
-            unwrapped.memory_bank = load_file(bank_file)["memory_bank"].to(unwrapped.prototypes.device)
-        else:
-            logger.warning("%s: no memory bank saved; it restarts from the prototypes", folder)
-        ema_file = folder / EMA_WEIGHTS_NAME
-        if self.ema is not None:
-            if ema_file.is_file():
-                state = load_file(ema_file, device=str(unwrapped.prototypes.device))
-                self.ema.module.load_state_dict(state)
-            else:
-                logger.warning("%s: no EMA weights saved; the EMA restarts from the current weights", folder)
-                self.ema.set(unwrapped)
-        online_file = folder / f"rank{self.args.process_index}-{ONLINE_PROTOTYPES_NAME}"
-        if self.online_prototypes is not None and online_file.is_file():
-            self.online_prototypes.load_state_dict(load_file(online_file))
+        if resume_from_checkpoint is True:  # no checkpoint: `Trainer.train` raises its own error
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True
+        self.checkpoint_state.resume_from = None if isinstance(resume_from_checkpoint, bool) else resume_from_checkpoint
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def latest_evaluation(self, prefix: str = "eval") -> dict[str, float]:
         """The metrics of the latest evaluation logged under `prefix` (`"eval"`: the raw weights, `"eval_ema"`: the

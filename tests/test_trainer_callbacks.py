@@ -1,0 +1,162 @@
+from types import SimpleNamespace
+
+import torch
+from safetensors.torch import load_file
+from timm.utils.model_ema import ModelEmaV3
+from transformers import TrainerCallback, TrainerControl, TrainerState
+
+from sadcl_hf.callbacks import (
+    EMA_WEIGHTS_NAME,
+    CheckpointStateCallback,
+    OnlinePrototypeCallback,
+    process_file_name,
+)
+from sadcl_hf.trainer import SADCLTrainer, SADCLTrainingArguments
+
+from .conftest import make_tiny_model
+
+NUM_LABELS, HIDDEN_DIM = 5, 128
+
+
+class _RandomImages(torch.utils.data.Dataset):
+    """`num_images` random 64 px images; class 0 is in every image."""
+
+    def __init__(self, num_images: int, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        self.pixel_values = torch.randn(num_images, 3, 64, 64, generator=generator)
+        self.labels = (torch.rand(num_images, NUM_LABELS, generator=generator) < 0.5).float()
+        self.labels[:, 0] = 1
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
+
+
+def _arguments(output_dir, **overrides) -> SADCLTrainingArguments:
+    quiet = {
+        "report_to": [], "dataloader_num_workers": 0, "dataloader_pin_memory": False, "logging_steps": 1,
+        "save_strategy": "no", "seed": 0, "disable_tqdm": True, "per_device_train_batch_size": 2,
+    }  # fmt: skip
+    return SADCLTrainingArguments(**{**quiet, "output_dir": str(output_dir), **overrides})
+
+
+def _fake_outputs(generator, batch_size=4):
+    """Model outputs with `label_features` `[B, K, D]` and `logits` `[B, K]`, and multi-hot labels `[B, K]`."""
+    outputs = SimpleNamespace(
+        label_features=torch.randn(batch_size, NUM_LABELS, HIDDEN_DIM, generator=generator),
+        logits=torch.randn(batch_size, NUM_LABELS, generator=generator),
+    )
+    labels = (torch.rand(batch_size, NUM_LABELS, generator=generator) < 0.5).float()
+    labels[:, -1] = 0  # the last class is never seen
+    return outputs, labels
+
+
+def test_per_process_files_share_one_naming_scheme():
+    assert process_file_name("memory_bank", 0) == "memory_bank-rank0.safetensors"
+    assert process_file_name("online_prototypes", 3) == "online_prototypes-rank3.safetensors"
+
+
+class _EMAStepRecorder:
+    """Records the `step` of each `ema.update` call."""
+
+    def __init__(self, ema):
+        self.ema, self.updates = ema, []
+        update = ema.update
+        ema.update = lambda model, step=None: (self.updates.append(step), update(model, step=step))
+
+
+def test_ema_is_updated_once_per_optimizer_step_under_gradient_accumulation(tmp_path):
+    model = make_tiny_model(objective="asl", dropout=0.0)
+    initial = {name: value.clone() for name, value in model.state_dict().items()}
+    args = _arguments(tmp_path, max_steps=3, gradient_accumulation_steps=2, use_ema=True, ema_decay=0.5)
+    trainer = SADCLTrainer(model=model, args=args, train_dataset=_RandomImages(12))
+    recorder = _EMAStepRecorder(trainer.ema)
+    trainer.train()
+    assert recorder.updates == [1, 2, 3]  # 6 micro-batches, 3 optimizer steps
+    ema = trainer.ema.module.state_dict()
+    moved = [key for key, value in model.state_dict().items() if not torch.equal(value, initial[key])]
+    assert moved and all(not torch.equal(ema[key], initial[key]) for key in moved)
+
+
+def test_online_prototypes_are_the_running_means_until_the_last_online_step():
+    model = make_tiny_model(dropout=0.0)
+    model.memory_bank = torch.randn(2, NUM_LABELS, HIDDEN_DIM)
+    initial = model.prototypes.detach().clone()
+    callback = OnlinePrototypeCallback(NUM_LABELS, HIDDEN_DIM, threshold=0.0, num_steps=2)
+    generator = torch.Generator().manual_seed(0)
+    args, control = SimpleNamespace(), TrainerControl()
+    features, confident = [], []
+    for step in (1, 2):
+        outputs, labels = _fake_outputs(generator)
+        callback.observe(outputs, labels, global_step=step - 1)
+        features.append(outputs.label_features)
+        confident.append((labels > 0.5) & (outputs.logits.sigmoid() > 0.0))
+        callback.on_step_end(args, TrainerState(global_step=step), control, model=model)
+        mask = torch.cat(confident).float()
+        expected = (torch.cat(features) * mask[..., None]).sum(0) / mask.sum(0).clamp(min=1)[:, None]
+        torch.testing.assert_close(model.prototypes[:-1].detach(), expected[:-1], rtol=1e-5, atol=1e-5)
+        assert torch.equal(model.prototypes[-1], initial[-1])  # never seen: keeps its init
+        assert torch.equal(model.memory_bank, model.prototypes.detach().expand_as(model.memory_bank))
+    assert not callback.active  # the online phase ended at step 2: later batches are not observed
+    callback.observe(*_fake_outputs(generator), global_step=2)
+    resumed = OnlinePrototypeCallback(NUM_LABELS, HIDDEN_DIM, threshold=0.0, num_steps=2)
+    resumed.on_train_begin(args, TrainerState(global_step=2), control)
+    assert not resumed.active
+
+
+def test_state_written_on_save_is_read_back_on_resume(tmp_path):
+    args = _arguments(tmp_path, use_ema=True)
+    state, control = TrainerState(global_step=3), TrainerControl()
+    model = make_tiny_model()
+    model.memory_bank = torch.randn(4, NUM_LABELS, HIDDEN_DIM)
+    ema = ModelEmaV3(make_tiny_model(seed=1))
+    online = OnlinePrototypeCallback(NUM_LABELS, HIDDEN_DIM, threshold=0.0, num_steps=10)
+    online.observe(*_fake_outputs(torch.Generator().manual_seed(0)), global_step=0)
+    CheckpointStateCallback(ema, online).on_save(args, state, control, model=model)
+
+    checkpoint = tmp_path / "checkpoint-3"
+    assert {path.name for path in checkpoint.iterdir()} == {
+        EMA_WEIGHTS_NAME, "memory_bank-rank0.safetensors", "online_prototypes-rank0.safetensors"
+    }  # fmt: skip
+    restored_model, restored_ema = make_tiny_model(seed=2), ModelEmaV3(make_tiny_model(seed=2))
+    restored_online = OnlinePrototypeCallback(NUM_LABELS, HIDDEN_DIM, threshold=0.0, num_steps=10)
+    callback = CheckpointStateCallback(restored_ema, restored_online)
+    callback.resume_from = checkpoint
+    callback.on_train_begin(args, state, control, model=restored_model)
+    assert torch.equal(restored_model.memory_bank, model.memory_bank)
+    for key, value in ema.module.state_dict().items():
+        assert torch.equal(restored_ema.module.state_dict()[key], value), key
+    for key, value in online.initializer.state_dict().items():
+        assert torch.equal(restored_online.initializer.state_dict()[key], value), key
+
+
+class _BankAtTrainBegin(TrainerCallback):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.bank = model.memory_bank.clone()
+
+
+def test_resume_from_the_latest_checkpoint_restores_the_memory_bank(tmp_path):
+    """`train(resume_from_checkpoint=True)` finds the latest checkpoint and restores its memory bank before the
+    first step."""
+    dataset = _RandomImages(8)
+    options = {"memory_bank_threshold": 0.0, "dropout": 0.0}
+    schedule = {"use_ema": False, "lr_schedule": "trainer"}  # the one-cycle schedule cannot be extended on resume
+    first = SADCLTrainer(
+        model=make_tiny_model(**options), train_dataset=dataset,
+        args=_arguments(tmp_path, max_steps=2, save_strategy="steps", save_steps=2, **schedule),
+    )  # fmt: skip
+    first.train()
+    saved = load_file(tmp_path / "checkpoint-2" / process_file_name("memory_bank", 0))["memory_bank"]
+    assert not torch.equal(saved, first.model.prototypes.detach().expand_as(saved))  # filled by training
+
+    resumed = SADCLTrainer(
+        model=make_tiny_model(**options), train_dataset=dataset,
+        args=_arguments(tmp_path, max_steps=3, save_strategy="steps", save_steps=2, **schedule),
+    )  # fmt: skip
+    recorder = _BankAtTrainBegin()
+    resumed.add_callback(recorder)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.checkpoint_state.resume_from == str(tmp_path / "checkpoint-2")
+    assert torch.equal(recorder.bank, saved)
