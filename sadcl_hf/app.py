@@ -249,7 +249,8 @@ def build_app(model: str | os.PathLike | Tagger, examples: Sequence[str | os.Pat
                     )
                 calibrated = gr.Checkbox(
                     label="Per-class thresholds of the model",
-                    value=True,
+                    value=tagger.has_calibrated_thresholds,
+                    interactive=tagger.has_calibrated_thresholds,
                     info=calibrated_info,
                     elem_id="sadcl-calibrated",
                 )
