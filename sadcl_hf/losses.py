@@ -36,6 +36,7 @@ from .configuration_sadcl import SADCLConfig
 __all__ = [
     "AsymmetricLoss",
     "CorrectedSampleToSampleContrastiveLoss",
+    "LOSS_COMPONENTS",
     "PrototypeToSampleContrastiveLoss",
     "ReferenceSampleToSampleContrastiveLoss",
     "SADCLLoss",
@@ -494,6 +495,10 @@ class PrototypeToSampleContrastiveLoss(nn.Module):
             return torch.where(
                 num_positive > 0, class_losses.sum() / num_positive.clamp(min=1), class_losses.mean()
             )
+
+
+LOSS_COMPONENTS = ("asl", "sscl", "pscl")
+"""The objective's terms: `SADCLLossOutput` fields, `SADCLImageClassifierOutput.{name}_loss`, logged as `{name}`."""
 
 
 @dataclass

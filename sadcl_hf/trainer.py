@@ -17,12 +17,10 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .callbacks import CheckpointStateCallback, EMAUpdateCallback, OnlinePrototypeCallback, WeightSyncCheckCallback
 from .evaluation import compute_metrics as multilabel_compute_metrics
+from .losses import LOSS_COMPONENTS
 from .model_card import record_training_summary, save_model_card
 
 __all__ = ["SADCLTrainer", "SADCLTrainingArguments"]
-
-LOSS_COMPONENTS = ("asl", "sscl", "pscl")
-
 
 @dataclass
 class SADCLTrainingArguments(TrainingArguments):

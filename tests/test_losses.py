@@ -16,6 +16,7 @@ from sadcl_hf.losses import (
     PrototypeToSampleContrastiveLoss,
     SADCLLoss,
     SADCLLossOutput,
+    LOSS_COMPONENTS,
     SampleToSampleContrastiveLoss,
     confident_positives,
 )
@@ -502,3 +503,13 @@ def test_confident_positives_need_the_label_and_a_probability_above_the_threshol
     mask = confident_positives(logits, labels, threshold=0.5)
     assert mask.tolist() == [[False, True, False, False]]  # sigmoid(0) = 0.5 is not above 0.5
     assert confident_positives(logits, labels, threshold=0.0).tolist() == [[True, True, False, True]]
+
+
+def test_loss_components_name_the_loss_output_and_the_model_output_fields():
+    import dataclasses
+
+    from sadcl_hf.modeling_sadcl import SADCLImageClassifierOutput
+
+    assert [f.name for f in dataclasses.fields(SADCLLossOutput)] == ["loss", *LOSS_COMPONENTS]
+    model_fields = {f.name for f in dataclasses.fields(SADCLImageClassifierOutput)}
+    assert {f"{name}_loss" for name in LOSS_COMPONENTS} <= model_fields
