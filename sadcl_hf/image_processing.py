@@ -5,25 +5,29 @@ through it ([`eval_collator_for_config`]), `predict` and the pipeline load it fr
 from __future__ import annotations
 
 import timm
+import torch
 from transformers import ViTImageProcessor
-from transformers.image_utils import PILImageResampling
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 
 from .configuration_sadcl import SADCLConfig
 from .data import ImageProcessorTransform, MultiLabelCollator
 
-__all__ = ["backbone_normalization", "eval_collator_for_config", "image_processor_for_config"]
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = [
+    "backbone_normalization",
+    "eval_collator_for_config",
+    "evaluation_dataloader",
+    "image_processor_for_config",
+]
 
 
 def backbone_normalization(config: SADCLConfig) -> tuple[list[float], list[float]]:
-    """(mean, std): the config's own, else the timm backbone's `pretrained_cfg`, else ImageNet's."""
+    """(mean, std): the config's own, else the timm backbone's `pretrained_cfg`, else ImageNet's (transformers
+    backbones)."""
     mean, std = config.image_mean, config.image_std
     if mean is None or std is None:
         pretrained_cfg = timm.get_pretrained_cfg(config.backbone) if config.use_timm_backbone else None
-        mean = mean or list(getattr(pretrained_cfg, "mean", None) or _IMAGENET_MEAN)
-        std = std or list(getattr(pretrained_cfg, "std", None) or _IMAGENET_STD)
+        mean = mean or list(getattr(pretrained_cfg, "mean", None) or IMAGENET_DEFAULT_MEAN)
+        std = std or list(getattr(pretrained_cfg, "std", None) or IMAGENET_DEFAULT_STD)
     return [float(v) for v in mean], [float(v) for v in std]
 
 
@@ -48,3 +52,13 @@ def eval_collator_for_config(config: SADCLConfig, image_processor=None) -> Multi
     pipeline does."""
     processor = image_processor if image_processor is not None else image_processor_for_config(config)
     return MultiLabelCollator(config.num_labels, ImageProcessorTransform(processor))
+
+
+def evaluation_dataloader(
+    config: SADCLConfig, dataset, batch_size: int = 32, num_workers: int = 0, image_processor=None
+) -> torch.utils.data.DataLoader:
+    """A multi-label dataset (`image`, `labels` columns) in evaluation batches, in order, through
+    [`eval_collator_for_config`]: what calibration, prototypes, the label-feature analysis and the ONNX checks
+    score."""
+    collator = eval_collator_for_config(config, image_processor)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collator)

@@ -239,7 +239,7 @@ def evaluation_batches(
     multi-hot targets [N, K]. `dataset`, `root` and `options` go to [`sadcl_hf.data.load_multilabel_dataset`]; the
     split's class names must be the model's."""
     from .data import label_names, load_multilabel_dataset
-    from .image_processing import eval_collator_for_config
+    from .image_processing import evaluation_dataloader
 
     data = load_multilabel_dataset(dataset, root=root, split=split, **options)
     if label_names(data) != config.label_names:
@@ -248,10 +248,8 @@ def evaluation_batches(
         )
     if max_samples is not None:
         data = data.select(range(min(max_samples, len(data))))
-    collate = eval_collator_for_config(config)
     batches, targets = [], []
-    for start in range(0, len(data), batch_size):
-        batch = collate([data[index] for index in range(start, min(start + batch_size, len(data)))])
+    for batch in evaluation_dataloader(config, data, batch_size):
         batches.append(batch["pixel_values"].numpy())
         targets.append(batch["labels"].numpy())
     return batches, np.concatenate(targets)

@@ -323,14 +323,11 @@ def compute_dataset_prototypes(
     Returns:
         `(prototypes [K, D] float32, counts [K] int64)` as [`compute_prototypes`].
     """
-    from .image_processing import eval_collator_for_config
+    from .image_processing import evaluation_dataloader
 
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, collate_fn=eval_collator_for_config(model.config), num_workers=num_workers
-    )
     return compute_prototypes(
         model,
-        loader,
+        evaluation_dataloader(model.config, dataset, batch_size, num_workers),
         threshold=model.config.prototype_threshold if threshold is None else threshold,
         fallback=model.prototypes.detach(),
         progress_bar=progress_bar,

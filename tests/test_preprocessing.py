@@ -16,7 +16,7 @@ from .conftest import make_tiny_model
 from sadcl_hf.calibration import predict_scores
 from sadcl_hf.data import load_image, load_multilabel_dataset, multilabel_features
 from sadcl_hf.evaluation import mean_average_precision
-from sadcl_hf.image_processing import eval_collator_for_config, image_processor_for_config
+from sadcl_hf.image_processing import eval_collator_for_config, evaluation_dataloader, image_processor_for_config
 from sadcl_hf.prototypes import compute_dataset_prototypes
 from sadcl_hf.trainer import SADCLTrainer, SADCLTrainingArguments
 
@@ -99,6 +99,9 @@ def test_every_path_gives_the_same_tensors_on_odd_photographs(saved_model, photo
 
     paths = {}
     paths["training-time evaluation"] = eval_collator_for_config(model.config)(list(dataset))["pixel_values"]
+    paths["evaluation_dataloader (in order)"] = torch.cat(
+        [batch["pixel_values"] for batch in evaluation_dataloader(model.config, dataset, batch_size=4)]
+    )
     tagger = pipeline("multi-label-image-classification", model=str(folder))
     paths["pipeline (model folder)"] = torch.cat(
         [tagger.preprocess(photo_files[name])["pixel_values"] for name in names]
