@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from .evaluation import (
     DEFAULT_THRESHOLD,
@@ -132,16 +131,15 @@ def predict_scores(
     """Sigmoid scores [N, K] and multi-hot targets [N, K] of a multi-label dataset (`image`, `labels` columns).
 
     Images are preprocessed by `image_processor` (default: the one saved with every SADCL model,
-    [`image_processor_for_config`]; batched by [`eval_collator_for_config`]) and the float32 logits go through the
+    [`image_processor_for_config`]; batched by [`evaluation_dataloader`]) and the float32 logits go through the
     pipeline's float64 sigmoid, so the scores are the ones the pipeline would give. The model is moved to `device`
     (default: where it is) and scored in eval mode; its training mode is restored afterwards.
     """
     from tqdm.auto import tqdm
 
-    from .image_processing import eval_collator_for_config
+    from .image_processing import evaluation_dataloader
 
-    collator = eval_collator_for_config(model.config, image_processor)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collator)
+    loader = evaluation_dataloader(model.config, dataset, batch_size, num_workers, image_processor)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.to(device).eval()
