@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .image_processing import evaluation_dataloader
 from .pipeline import check_label_names
 
 __all__ = [
@@ -104,13 +105,9 @@ def collect_label_features(
     Raises:
         ValueError: `max_features` below 2, or the split has no labelled image.
     """
-    from .training import eval_collator_for_config
-
     if max_features is not None and (isinstance(max_features, bool) or int(max_features) < 2):
         raise ValueError(f"max_features must be at least 2 (or None for all), got {max_features!r}")
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=eval_collator_for_config(model.config)
-    )
+    loader = evaluation_dataloader(model.config, dataset, batch_size=batch_size, num_workers=num_workers)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.to(device).eval()

@@ -19,7 +19,7 @@ from sadcl_hf.feature_analysis import (
     plot_label_features,
     separation_scores,
 )
-from sadcl_hf.training import eval_collator_for_config
+from sadcl_hf.image_processing import eval_collator_for_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
