@@ -278,6 +278,7 @@ def create_model_card(
             + f", with a `{config.backbone}` backbone."
         ),
         backbone=config.backbone,
+        backbone_library="timm" if config.use_timm_backbone else "transformers",
         backbone_url=f"https://huggingface.co/{backbone_hub_id}" if backbone_hub_id else None,
         pretrained_backbone=config.use_pretrained_backbone,
         image_size=config.image_size,

@@ -82,6 +82,21 @@ def test_card_from_a_config_without_metrics():
     assert "80 labels" in card.text and COCO_LABELS[-1] in card.text
 
 
+def test_card_names_the_backbone_library():
+    assert "`resnet101.tv_in1k`](https://huggingface.co/timm/resnet101.tv_in1k) (timm)" in create_model_card(
+        SADCLConfig.from_preset("paper-r101-448")
+    ).text
+    cvt = SADCLConfig(
+        use_timm_backbone=False,
+        backbone="microsoft/cvt-13",
+        backbone_config={"model_type": "cvt"},
+        use_pretrained_backbone=False,
+        id2label={0: "a", 1: "b", 2: "c"},
+    )
+    text = create_model_card(cvt).text
+    assert "`microsoft/cvt-13` (transformers)" in text and "(timm)" not in text
+
+
 def test_card_lists_the_usual_training_arguments(tiny_model, tmp_path):
     arguments = TrainingArguments(output_dir=str(tmp_path), learning_rate=3e-4, num_train_epochs=2, seed=7)
     text = create_model_card(tiny_model, training_args=arguments).text
