@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from .data.images import load_image
 from .pipeline import check_label_names
 
-__all__ = ["class_attention_maps", "colorize", "render_attention_grid", "save_attention_maps"]
+__all__ = [
+    "class_attention_maps",
+    "colorize",
+    "logits_and_attention_maps",
+    "render_attention_grid",
+    "save_attention_grid",
+    "save_attention_maps",
+]
 
 _TITLE_HEIGHT = 22
 _GAP = 4
@@ -34,14 +41,24 @@ _BACKGROUND = (255, 255, 255)
 def class_attention_maps(model, pixel_values: torch.Tensor, layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
     """Runs `model` with `output_attentions=True` and turns the decoder's cross-attention into pictures.
 
+    Returns (probabilities [B, K] float32 sigmoid, maps): see [`logits_and_attention_maps`], which this wraps.
+    """
+    logits, maps = logits_and_attention_maps(model, pixel_values, layer)
+    return torch.sigmoid(logits.float()), maps
+
+
+@torch.no_grad()
+def logits_and_attention_maps(model, pixel_values: torch.Tensor, layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward with `output_attentions=True`: the logits and the decoder's cross-attention as pictures.
+
     Args:
         model: a SADCL classifier (`outputs.attentions` holds one [B, heads, K, h * w] tensor per decoder layer).
         pixel_values: [B, 3, H, W] preprocessed images.
         layer: which decoder layer's cross-attention (Python indexing; -1 = last).
 
     Returns:
-        (probabilities [B, K], attention maps [B, K, h, w] averaged over heads), on the CPU in float32. Each map sums
-        to 1 over pixels.
+        (logits [B, K], attention maps [B, K, h, w] averaged over heads), on the CPU in float32. Each map sums to 1
+        over pixels.
     """
     grid = {}
     hook = model.base_model.input_projection.register_forward_hook(
@@ -58,7 +75,7 @@ def class_attention_maps(model, pixel_values: torch.Tensor, layer: int = -1) -> 
         raise ValueError(f"layer={layer} but the model has {len(attentions)} decoder layers")
     weights = attentions[layer].float().mean(dim=1)
     maps = weights.reshape(*weights.shape[:2], *grid["size"])
-    return torch.sigmoid(outputs.logits.float()).cpu(), maps.cpu()
+    return outputs.logits.float().cpu(), maps.cpu()
 
 
 def colorize(values: np.ndarray) -> np.ndarray:
@@ -132,6 +149,24 @@ def render_attention_grid(
     return canvas
 
 
+def save_attention_grid(
+    path: str | os.PathLike,
+    image: PIL.Image.Image,
+    source: Any,
+    probabilities: torch.Tensor,
+    maps: torch.Tensor,
+    label_names: Sequence[str],
+    top_k: int = 4,
+    tile_size: int = 256,
+) -> Path:
+    """Writes one image's figure: its `top_k` most probable labels' maps (`probabilities` [K], `maps` [K, h, w])."""
+    ranked = torch.argsort(probabilities, descending=True, stable=True)[:top_k].tolist()
+    titles = [f"{label_names[k]} {probabilities[k].item():.2f}" for k in ranked]
+    image_title = Path(source).name if isinstance(source, (str, os.PathLike)) else "input"
+    render_attention_grid(image, maps[ranked], titles, image_title, tile_size).save(path)
+    return Path(path)
+
+
 def _default_name(source: Any, index: int) -> str:
     if isinstance(source, (str, os.PathLike)):
         return Path(source).stem
@@ -184,13 +219,11 @@ def save_attention_maps(
             probabilities, maps = class_attention_maps(model, pixel_values, layer=layer)
             for offset, (source, image) in enumerate(zip(sources, loaded)):
                 index = start + offset
-                ranked = torch.argsort(probabilities[offset], descending=True, stable=True)[:top_k].tolist()
-                titles = [f"{label_names[k]} {probabilities[offset, k].item():.2f}" for k in ranked]
-                image_title = Path(source).name if isinstance(source, (str, os.PathLike)) else "input"
-                grid = render_attention_grid(image, maps[offset, ranked], titles, image_title, tile_size)
                 name = names[index] if names is not None else _default_name(source, index)
                 path = output_dir / f"{name}.png"
-                grid.save(path)
+                save_attention_grid(
+                    path, image, source, probabilities[offset], maps[offset], label_names, top_k, tile_size
+                )
                 written.append(path)
     finally:
         model.train(was_training)

@@ -21,58 +21,18 @@ An unreadable image (corrupt, truncated, not an image, too large) is reported on
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from sadcl_hf import MultiLabelImageClassificationPipeline, load_thresholds
-from sadcl_hf.attention_maps import save_attention_maps
-from sadcl_hf.data import ImageLoadError
-from sadcl_hf.evaluation import predict_labels
-from sadcl_hf.onnx_runtime import ONNX_BACKENDS, SADCLOnnxModel
-from sadcl_hf.pipeline import load_pipeline_image
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
-
-def expand_inputs(inputs: list[str]) -> list[str]:
-    """Files and URLs as given; folders replaced by their image files (recursive, sorted, hidden ones skipped)."""
-    expanded = []
-    for item in inputs:
-        folder = Path(item)
-        if item.startswith(("http://", "https://")) or not folder.is_dir():
-            expanded.append(item)
-            continue
-        for path in sorted(folder.rglob("*")):
-            hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
-            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not hidden:
-                expanded.append(str(path))
-    return expanded
-
-
-def load_tagger(
-    model_name: str, device: str, revision: str | None, backend: str = "pytorch"
-) -> MultiLabelImageClassificationPipeline:
-    if backend == "pytorch":
-        model = AutoModelForImageClassification.from_pretrained(model_name, revision=revision)
-    else:
-        model = SADCLOnnxModel.from_pretrained(model_name, file_name=ONNX_BACKENDS[backend], revision=revision)
-    try:
-        image_processor = AutoImageProcessor.from_pretrained(model_name, revision=revision)
-    except OSError:
-        from sadcl_hf.image_processing import image_processor_for_config
-
-        print(f"warning: {model_name} has no image processor; using the config's preprocessing", file=sys.stderr)
-        image_processor = image_processor_for_config(model.config)
-    return MultiLabelImageClassificationPipeline(model=model, image_processor=image_processor, device=device)
+from sadcl_hf import load_thresholds
+from sadcl_hf.inference import PredictionWriter, expand_inputs, load_tagger, predict_images
+from sadcl_hf.onnx_runtime import ONNX_BACKENDS
 
 
 @contextmanager
@@ -83,26 +43,6 @@ def open_output(path: str) -> Iterator[IO[str]]:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="") as handle:
         yield handle
-
-
-class RecordWriter:
-    """Writes prediction records as JSON lines or CSV rows (`image, labels, error, <one score column per label>`)."""
-
-    def __init__(self, handle: IO[str], output_format: str, label_names: list[str]):
-        self.handle = handle
-        self.label_names = label_names
-        self.csv = None
-        if output_format == "csv":
-            self.csv = csv.DictWriter(handle, fieldnames=["image", "labels", "error", *label_names])
-            self.csv.writeheader()
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.csv is None:
-            self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            return
-        row = {"image": record["image"], "labels": "|".join(record.get("labels", [])), "error": record.get("error", "")}
-        row.update({name: f"{score:.6f}" for name, score in record.get("scores", {}).items()})
-        self.csv.writerow(row)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,53 +82,28 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"error: cannot load the model {args.model}: {error}", file=sys.stderr)
         return 2
-    label_names = tagger.label_names
+    label_names = tagger.model.config.label_names
     try:
+        threshold = args.threshold
         if args.thresholds is not None:
             threshold = load_thresholds(args.thresholds, len(label_names), label_names)
-        else:
-            threshold = args.threshold
-        decision_thresholds = dict(zip(label_names, tagger.decision_thresholds(threshold).tolist()))
+        tagger.decision_thresholds(threshold)
     except (OSError, ValueError) as error:
         parser.error(str(error))
 
     num_read = 0
-    with open_output(args.output) as handle, tqdm(total=len(paths), unit="image", desc="Tagging") as progress:
-        writer = RecordWriter(handle, output_format, label_names)
-        for start in range(0, len(paths), args.batch_size):
-            chunk = paths[start : start + args.batch_size]
-            records: list[dict[str, Any]] = []
-            images, readable = [], []
-            for path in chunk:
-                try:
-                    images.append(load_pipeline_image(path))
-                    readable.append(len(records))
-                    records.append({"image": path})
-                except ImageLoadError as error:
-                    progress.write(f"warning: {error}", file=sys.stderr)
-                    records.append({"image": path, "error": str(error)})
-            if images:
-                predictions = tagger(images, threshold=0.0, batch_size=args.batch_size)
-                for position, prediction in zip(readable, predictions):
-                    scores = {item["label"]: item["score"] for item in prediction}
-                    records[position]["labels"] = [
-                        item["label"]
-                        for item in prediction
-                        if predict_labels(item["score"], decision_thresholds[item["label"]])
-                    ]
-                    records[position]["scores"] = {name: round(scores[name], 6) for name in label_names}
-                if args.attention_maps:
-                    names = [f"{start + position:05d}_{Path(records[position]['image']).stem}" for position in readable]
-                    written = save_attention_maps(
-                        tagger.model, tagger.image_processor, images, args.attention_maps,
-                        top_k=args.attention_top_k, names=names, batch_size=args.batch_size,
-                    )
-                    for position, map_path in zip(readable, written):
-                        records[position]["attention_map"] = str(map_path)
-            for record in records:
-                writer.write(record)
-            num_read += len(images)
-            progress.update(len(chunk))
+    records = predict_images(
+        tagger, paths, threshold=threshold, batch_size=args.batch_size,
+        attention_maps_dir=args.attention_maps, attention_top_k=args.attention_top_k,
+    )  # fmt: skip
+    with open_output(args.output) as handle:
+        writer = PredictionWriter(handle, output_format, label_names)
+        for record in tqdm(records, total=len(paths), unit="image", desc="Tagging"):
+            if "error" in record:
+                print(f"warning: {record['error']}", file=sys.stderr)
+            else:
+                num_read += 1
+            writer.write(record)
     print(f"tagged {num_read} of {len(paths)} images -> {args.output}", file=sys.stderr)
     return 0 if num_read > 0 else 1
 

@@ -2,9 +2,10 @@
 
 import csv
 import functools
-import importlib.util
 import io
 import json
+import subprocess
+import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,6 +22,7 @@ from sadcl_hf.attention_maps import class_attention_maps, colorize, render_atten
 from sadcl_hf.data import ImageLoadError, load_image
 from sadcl_hf.evaluation import sigmoid
 from sadcl_hf.image_processing import image_processor_for_config
+from sadcl_hf.inference import expand_inputs, predict_images
 from sadcl_hf.pipeline import check_label_names, resolve_thresholds
 
 from .conftest import make_tiny_model
@@ -29,11 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 LABELS = [f"class_{i}" for i in range(5)]
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def run_predict(arguments: list[str]) -> subprocess.CompletedProcess:
+    """`scripts/predict.py ARGUMENTS` in a fresh process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "predict.py"), *arguments], capture_output=True, text=True, timeout=300
+    )
 
 
 def random_image(seed: int, size=(96, 72), mode="RGB") -> PIL.Image.Image:
@@ -248,16 +250,15 @@ def image_folder(tmp_path) -> Path:
     return folder
 
 
-def test_predict_script_tags_folders_and_reports_unreadable_files(tagger, tiny_model_dir, image_folder, capsys):
-    predict = load_script("predict")
+def test_predict_script_tags_folders_and_reports_unreadable_files(tagger, tiny_model_dir, image_folder):
     output = image_folder.parent / "preds.jsonl"
     maps_dir = image_folder.parent / "maps"
-    status = predict.main(
+    result = run_predict(
         ["--model", str(tiny_model_dir), str(image_folder), "--output", str(output), "--threshold", "0.45",
          "--batch-size", "2", "--device", "cpu", "--attention-maps", str(maps_dir)]
     )
-    assert status == 0
-    assert "broken.jpg" in capsys.readouterr().err
+    assert result.returncode == 0, result.stderr
+    assert "broken.jpg" in result.stderr
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert [Path(r["image"]).name for r in records] == ["a.png", "broken.jpg", "b.jpg", "c.png"]
     assert "error" in records[1] and "broken.jpg" in records[1]["error"] and "labels" not in records[1]
@@ -271,15 +272,14 @@ def test_predict_script_tags_folders_and_reports_unreadable_files(tagger, tiny_m
 
 
 def test_predict_script_csv_output_with_a_threshold_file(tiny_model_dir, image_folder, tmp_path):
-    predict = load_script("predict")
     thresholds = tmp_path / "thresholds.json"
     thresholds.write_text(json.dumps({name: (0.0 if name == "class_4" else 1.0) for name in LABELS}))
     output = tmp_path / "preds.csv"
-    status = predict.main(
+    result = run_predict(
         ["--model", str(tiny_model_dir), str(image_folder / "a.png"), str(image_folder / "broken.jpg"),
          "--output", str(output), "--thresholds", str(thresholds), "--device", "cpu"]
     )
-    assert status == 0
+    assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(output.open()))
     assert list(rows[0]) == ["image", "labels", "error", *LABELS]
     assert rows[0]["labels"] == "class_4" and rows[0]["error"] == ""
@@ -287,15 +287,33 @@ def test_predict_script_csv_output_with_a_threshold_file(tiny_model_dir, image_f
     assert rows[1]["labels"] == "" and "broken.jpg" in rows[1]["error"]
 
 
-def test_predict_script_fails_cleanly(tiny_model_dir, image_folder, tmp_path, capsys):
-    predict = load_script("predict")
+def test_predict_script_fails_cleanly(tiny_model_dir, image_folder, tmp_path):
     output = tmp_path / "preds.jsonl"
     only_broken = ["--model", str(tiny_model_dir), str(image_folder / "broken.jpg"), "--output", str(output)]
-    assert predict.main(only_broken) == 1
+    assert run_predict(only_broken).returncode == 1
     wrong = tmp_path / "wrong.json"
     wrong.write_text("[0.5, 0.5, 0.5]")
-    with pytest.raises(SystemExit) as exit_info:
-        predict.main(["--model", str(tiny_model_dir), str(image_folder), "--thresholds", str(wrong)])
-    assert exit_info.value.code == 2
-    assert "3 thresholds but the model has 5 labels" in capsys.readouterr().err
-    assert predict.main(["--model", str(tmp_path / "no_such_model"), str(image_folder)]) == 2
+    result = run_predict(["--model", str(tiny_model_dir), str(image_folder), "--thresholds", str(wrong)])
+    assert result.returncode == 2
+    assert "3 thresholds but the model has 5 labels" in result.stderr
+    assert run_predict(["--model", str(tmp_path / "no_such_model"), str(image_folder)]).returncode == 2
+
+
+def test_predict_images_one_forward_per_batch_with_attention_maps(tagger, image_folder, tmp_path):
+    calls = []
+    hook = tagger.model.register_forward_hook(lambda module, inputs, outputs: calls.append(outputs.attentions))
+    paths = expand_inputs([str(image_folder)])
+    try:
+        records = list(predict_images(tagger, paths, threshold=0.45, batch_size=2, attention_maps_dir=tmp_path / "m"))
+        assert len(calls) == 2 and all(attentions is not None for attentions in calls)  # 3 readable images, batch 2
+        calls.clear()
+        plain = list(predict_images(tagger, paths, threshold=0.45))
+        assert len(calls) == 1 and calls[0] is None  # no attention maps asked: one plain forward for the batch of 8
+    finally:
+        hook.remove()
+    assert [Path(r["image"]).name for r in records] == ["a.png", "broken.jpg", "b.jpg", "c.png"]
+    assert [r.get("labels") for r in plain] == [r.get("labels") for r in records]
+    assert "error" in records[1]
+    for record in (records[0], records[2], records[3]):
+        assert record["labels"] == [item["label"] for item in tagger(record["image"], threshold=0.45)]
+        assert Path(record["attention_map"]).is_file()
