@@ -22,6 +22,7 @@ import argparse
 import sys
 
 from sadcl_hf.conversion import convert_official_checkpoint
+from sadcl_hf.hub import push_model_folder
 
 
 def _heads(text: str) -> list[int]:
@@ -61,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         f"image size {config.image_size}"
     )
     if args.push_to_hub:
-        from push_to_hub import main as push_to_hub  # scripts/push_to_hub.py, beside this script
-
-        return push_to_hub([args.output_dir, args.push_to_hub, "--commit-message", "Converted official checkpoint"])
+        repo_id, files, url = push_model_folder(
+            args.output_dir, args.push_to_hub, commit_message="Converted official checkpoint"
+        )["model"]
+        print(f"pushed {len(files)} files ({', '.join(files)}) to {repo_id}: {url}")
     return 0
 
 

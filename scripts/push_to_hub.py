@@ -21,50 +21,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
-from huggingface_hub import HfApi, ModelCard
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
-
-from sadcl_hf.image_processing import image_processor_for_config
-from sadcl_hf.model_card import save_model_card
-
-
-def card_for_repository(readme: Path, repo_id: str) -> ModelCard:
-    """The folder's model card with its model id (title, usage snippets, model-index name) replaced by `repo_id`."""
-    card = ModelCard.load(readme)
-    previous = card.data.model_name
-    if previous and previous != repo_id:
-        card.text = card.text.replace(previous, repo_id)
-        card.data.model_name = repo_id
-    return card
-
-
-def stage_model_folder(model_dir: Path, staging_dir: Path, repo_id: str) -> list[str]:
-    """Writes everything the Hub repository needs into `staging_dir`; returns the file names."""
-    model = AutoModelForImageClassification.from_pretrained(model_dir)
-    model.save_pretrained(staging_dir)
-    if (model_dir / "preprocessor_config.json").is_file():
-        image_processor = AutoImageProcessor.from_pretrained(model_dir)
-    else:
-        print(f"warning: {model_dir} has no preprocessor_config.json; deriving it from the config", file=sys.stderr)
-        image_processor = image_processor_for_config(model.config)
-    image_processor.save_pretrained(staging_dir)
-    if (model_dir / "README.md").is_file():
-        card_for_repository(model_dir / "README.md", repo_id).save(staging_dir / "README.md")
-    else:
-        save_model_card(model, staging_dir, model_id=repo_id)
-
-    auto_map = getattr(model.config, "auto_map", None) or {}
-    required = {reference.split(".")[0] + ".py" for reference in auto_map.values()}
-    missing = sorted(name for name in required if not (staging_dir / name).is_file())
-    if "AutoModelForImageClassification" not in auto_map or missing:
-        raise RuntimeError(
-            f"the staged model cannot load with trust_remote_code (auto_map={auto_map}, missing files {missing}); "
-            "import sadcl_hf before saving so the remote code is registered"
-        )
-    return sorted(path.name for path in staging_dir.iterdir())
+from sadcl_hf.hub import push_model_folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,35 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one or HF_TOKEN)")
     parser.add_argument("--space", default=None, metavar="ORG/NAME", help="also push a web-tagger Space for the model")
     args = parser.parse_args(argv)
-
-    model_dir = Path(args.model_dir)
-    if not (model_dir / "config.json").is_file():
-        parser.error(f"{model_dir} is not a model folder (no config.json)")
-    api = HfApi(token=args.token)
-    with tempfile.TemporaryDirectory() as staging:
-        files = stage_model_folder(model_dir, Path(staging), args.repo_id)
-        repo_id = api.create_repo(args.repo_id, private=args.private or None, exist_ok=True).repo_id
-        if args.revision:
-            api.create_branch(repo_id, branch=args.revision, exist_ok=True)
-        commit = api.upload_folder(
-            folder_path=staging, repo_id=repo_id, commit_message=args.commit_message, revision=args.revision
-        )
-    print(f"pushed {len(files)} files ({', '.join(files)}) to {repo_id}: {commit.commit_url}")
-    if args.space:
-        from sadcl_hf.app import default_examples, write_space_folder
-
-        label_names = AutoConfig.from_pretrained(model_dir).label_names
-        with tempfile.TemporaryDirectory() as staging:
-            examples = default_examples(label_names, Path(staging) / "digits-mosaic", num_examples=4)
-            files = write_space_folder(Path(staging) / "space", repo_id, examples=examples)
-            space_id = api.create_repo(
-                args.space, repo_type="space", space_sdk="gradio", private=args.private or None, exist_ok=True
-            ).repo_id
-            commit = api.upload_folder(
-                folder_path=Path(staging) / "space", repo_id=space_id, repo_type="space",
-                commit_message=f"Web tagger for {repo_id}",
-            )  # fmt: skip
-        print(f"pushed the Space ({len(files)} files) to {space_id}: {commit.commit_url}")
+    if not (Path(args.model_dir) / "config.json").is_file():
+        parser.error(f"{args.model_dir} is not a model folder (no config.json)")
+    pushed = push_model_folder(
+        args.model_dir, args.repo_id, private=args.private, commit_message=args.commit_message,
+        revision=args.revision, token=args.token, space_id=args.space,
+    )  # fmt: skip
+    repo_id, files, url = pushed["model"]
+    print(f"pushed {len(files)} files ({', '.join(files)}) to {repo_id}: {url}")
+    if "space" in pushed:
+        space_id, files, url = pushed["space"]
+        print(f"pushed the Space ({len(files)} files) to {space_id}: {url}")
     return 0
 
 

@@ -3,7 +3,6 @@
 huggingface_hub reads HF_ENDPOINT when it is imported, so the client side runs in subprocesses pointed at the server.
 """
 
-import importlib.util
 import json
 import os
 import re
@@ -204,16 +203,14 @@ def test_model_and_trainer_push_to_hub_publish_the_sadcl_card(tiny_model_dir, tm
 
 def test_push_script_card_from_the_recorded_results(tiny_model_dir, tmp_path):
     """A model folder without README.md: scripts/push_to_hub.py stages the card from `config.training_summary`."""
+    from sadcl_hf.hub import stage_model_folder
     from sadcl_hf.model_card import record_training_summary
 
-    spec = importlib.util.spec_from_file_location("push_to_hub_script", ROOT / "scripts" / "push_to_hub.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     model = AutoModelForImageClassification.from_pretrained(tiny_model_dir)
     record_training_summary(model, {"map": 70.0}, "voc2007", eval_split="test")
     model.save_pretrained(tmp_path / "model")
     assert not (tmp_path / "model" / "README.md").exists()
-    script.stage_model_folder(tmp_path / "model", tmp_path / "staging", REPO_ID)
+    stage_model_folder(tmp_path / "model", tmp_path / "staging", REPO_ID)
     card = ModelCard.load(tmp_path / "staging" / "README.md")
     assert card.data.model_name == REPO_ID
     assert [(r.metric_type, r.metric_value, r.dataset_split) for r in card.data.eval_results] == [("map", 70.0, "test")]
