@@ -25,6 +25,8 @@ skip into a failure, so every parity test runs there.
 """
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,7 @@ import sadcl_hf  # noqa: F401  (registers the Auto classes)
 from sadcl_hf import SADCLConfig, SADCLForImageClassification
 
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 REQUIRE_SHARED_REFERENCE_ENV = "SADCL_REQUIRE_SHARED_REFERENCE"
 
@@ -65,6 +68,14 @@ def pytest_runtest_setup(item):
 def reference_dir() -> Path:
     """The official reference data folder `../shared/reference` (see the module docstring)."""
     return require_shared_reference()
+
+
+def run_script(name: str, arguments: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python scripts/NAME.py ARGUMENTS` in a fresh process, as a user runs it (tests never import a script)."""
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "scripts" / f"{name}.py"), *map(str, arguments)],
+        capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT,
+    )  # fmt: skip
 
 
 def make_tiny_model(num_labels: int = 5, seed: int = 0, **overrides) -> SADCLForImageClassification:

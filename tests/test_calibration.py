@@ -1,10 +1,8 @@
 """Per-class threshold calibration, threshold files and scripts/calibrate_thresholds.py."""
 
-import importlib.util
 import json
 import shutil
 import warnings
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -28,9 +26,8 @@ from sadcl_hf.evaluation import (
 )
 from sadcl_hf.image_processing import image_processor_for_config
 
-from .conftest import make_tiny_model
+from .conftest import make_tiny_model, run_script
 
-ROOT = Path(__file__).resolve().parents[1]
 LABELS = [f"class_{i}" for i in range(5)]
 
 
@@ -169,7 +166,7 @@ def test_calibration_rejects_data_with_other_classes():
         calibrate_thresholds(model, labelled_dataset(6, names=["a", "b", "c"]))
 
 
-def test_calibrate_script_saves_thresholds_into_the_model_folder(tiny_model_dir, tmp_path, capsys):
+def test_calibrate_script_saves_thresholds_into_the_model_folder(tiny_model_dir, tmp_path):
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
     data = tmp_path / "data"
@@ -184,15 +181,13 @@ def test_calibrate_script_saves_thresholds_into_the_model_folder(tiny_model_dir,
             handle.write(json.dumps({"file_name": f"{index}.png", "labels": names}) + "\n")
     report_path = tmp_path / "report.json"
 
-    spec = importlib.util.spec_from_file_location("calibrate_script", ROOT / "scripts" / "calibrate_thresholds.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    status = script.main(
-        ["--model", str(model_dir), "--dataset", "folder", "--root", str(data), "--split", "validation",
-         "--device", "cpu", "--batch-size", "5", "--report", str(report_path)]
-    )
-    assert status == 0
-    printed = capsys.readouterr().out
+    result = run_script(
+        "calibrate_thresholds",
+        ["--model", model_dir, "--dataset", "folder", "--root", data, "--split", "validation",
+         "--device", "cpu", "--batch-size", "5", "--report", report_path],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout
     assert "12 images" in printed and "CF1" in printed and "OF1" in printed
 
     config = AutoConfig.from_pretrained(model_dir)

@@ -29,7 +29,7 @@ from sadcl_hf.conversion import (
     q2l_zoo_model,
 )
 
-from .conftest import FIXTURES_DIR, require_shared_reference
+from .conftest import FIXTURES_DIR, require_shared_reference, run_script
 from .test_hub import client_env, hub, run_python  # noqa: F401  (`hub` is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -309,14 +309,7 @@ def _q2l_checkpoint(state_dict: dict, path: Path, numpy1_scalar: bool, **extra) 
     return path
 
 
-def _script_main():
-    """`main(argv)` of scripts/convert_official_checkpoint.py, run in this process."""
-    import runpy
-
-    return runpy.run_path(str(SCRIPT), run_name="convert_official_checkpoint")["main"]
-
-
-def test_released_checkpoint_pkl_converts_with_the_script(tmp_path, capsys):
+def test_released_checkpoint_pkl_converts_with_the_script(tmp_path):
     files = fixture_files("resnet101")
     checkpoint = _q2l_checkpoint(load_file(files["state_dict"]), tmp_path / "checkpoint.pkl", numpy1_scalar=True)
     assert b"numpy.core.multiarray\nscalar" in _pickle_bytes(checkpoint)
@@ -326,8 +319,9 @@ def test_released_checkpoint_pkl_converts_with_the_script(tmp_path, capsys):
     names = tmp_path / "labels.txt"
     names.write_text("\n".join(f"tag {i}" for i in range(6)))
     output = tmp_path / "converted"
-    assert _script_main()([str(checkpoint), str(output), "--id2label", str(names), "--image-size", "96"]) == 0
-    assert "resnet101.tv_in1k (timm), 6 classes" in capsys.readouterr().out
+    result = run_script("convert_official_checkpoint", [checkpoint, output, "--id2label", names, "--image-size", "96"])
+    assert result.returncode == 0, result.stderr
+    assert "resnet101.tv_in1k (timm), 6 classes" in result.stdout
     model = AutoModelForImageClassification.from_pretrained(output)
     assert model.config.label_names == [f"tag {i}" for i in range(6)]
     assert_matches_fixture(model, files["io"])

@@ -1,7 +1,6 @@
 """ONNX export: onnxruntime matches PyTorch, dynamic batch axis, metadata; the ONNX Runtime serving backend (same
 tags and scores as PyTorch); static int8 (QDQ around every Conv, bounded mAP change on a trained model)."""
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -20,23 +19,16 @@ from sadcl_hf.onnx_export import ONNX_FILE_NAME, count_quantized_convolutions, e
 from sadcl_hf.onnx_runtime import SADCLOnnxModel
 from sadcl_hf.data import load_multilabel_dataset
 
-from .conftest import make_tiny_model
+from .conftest import make_tiny_model, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
-def test_export_script_matches_pytorch_for_any_batch_size(tiny_model_dir, tmp_path, capsys):
-    script = _load_script("export_onnx")
+def test_export_script_matches_pytorch_for_any_batch_size(tiny_model_dir, tmp_path):
     output = tmp_path / "onnx" / "model.onnx"
-    assert script.main([str(tiny_model_dir), str(output), "--opset", "17"]) == 0
-    assert "onnxruntime matches PyTorch" in capsys.readouterr().out
+    result = run_script("export_onnx", [tiny_model_dir, output, "--opset", "17"])
+    assert result.returncode == 0, result.stderr
+    assert "onnxruntime matches PyTorch" in result.stdout
 
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     (model_input,), (model_output,) = session.get_inputs(), session.get_outputs()
@@ -75,7 +67,8 @@ def exported_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """A copy of the tiny model folder with onnx/model.onnx written by the export script's default output."""
     folder = tmp_path_factory.mktemp("onnx_model") / "model"
     shutil.copytree(tiny_model_dir, folder)
-    assert _load_script("export_onnx").main([str(folder)]) == 0
+    result = run_script("export_onnx", [folder])
+    assert result.returncode == 0, result.stderr
     assert (folder / ONNX_FILE_NAME).is_file()
     return folder
 
@@ -165,16 +158,17 @@ def _linear_probe_model(folder: Path, options: dict) -> None:
     (folder / "README.md").write_text("# probe\n")
 
 
-def test_static_int8_quantizes_the_convolutions_and_keeps_the_tags(tmp_path, capsys):
+def test_static_int8_quantizes_the_convolutions_and_keeps_the_tags(tmp_path):
     """`--quantize int8` calibrated on digits-mosaic's validation split, on a model with a trained classifier."""
     options = {"num_train": 256, "num_validation": 64, "num_test": 128, "cache_dir": str(tmp_path / "cache")}
     model_dir = tmp_path / "model"
     _linear_probe_model(model_dir, options)
-    assert _load_script("export_onnx").main([
-        str(model_dir), "--quantize", "int8", "--calibration-dataset", "digits-mosaic", "--calibration-split",
+    result = run_script("export_onnx", [
+        model_dir, "--quantize", "int8", "--calibration-dataset", "digits-mosaic", "--calibration-split",
         "validation", "--calibration-samples", "64", "--dataset-options", json.dumps(options),
-    ]) == 0  # fmt: skip
-    printed = capsys.readouterr().out
+    ])  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout
     quantized = model_dir / "onnx" / "model_quantized.onnx"
     graph = onnx.load(str(quantized)).graph
     num_quantized, num_convolutions = count_quantized_convolutions(quantized)

@@ -4,8 +4,6 @@ import csv
 import functools
 import io
 import json
-import subprocess
-import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,17 +23,10 @@ from sadcl_hf.image_processing import image_processor_for_config
 from sadcl_hf.inference import expand_inputs, predict_images
 from sadcl_hf.pipeline import check_label_names, resolve_thresholds
 
-from .conftest import make_tiny_model
+from .conftest import make_tiny_model, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = [f"class_{i}" for i in range(5)]
-
-
-def run_predict(arguments: list[str]) -> subprocess.CompletedProcess:
-    """`scripts/predict.py ARGUMENTS` in a fresh process, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "predict.py"), *arguments], capture_output=True, text=True, timeout=300
-    )
 
 
 def random_image(seed: int, size=(96, 72), mode="RGB") -> PIL.Image.Image:
@@ -253,7 +244,7 @@ def image_folder(tmp_path) -> Path:
 def test_predict_script_tags_folders_and_reports_unreadable_files(tagger, tiny_model_dir, image_folder):
     output = image_folder.parent / "preds.jsonl"
     maps_dir = image_folder.parent / "maps"
-    result = run_predict(
+    result = run_script("predict", 
         ["--model", str(tiny_model_dir), str(image_folder), "--output", str(output), "--threshold", "0.45",
          "--batch-size", "2", "--device", "cpu", "--attention-maps", str(maps_dir)]
     )
@@ -275,7 +266,7 @@ def test_predict_script_csv_output_with_a_threshold_file(tiny_model_dir, image_f
     thresholds = tmp_path / "thresholds.json"
     thresholds.write_text(json.dumps({name: (0.0 if name == "class_4" else 1.0) for name in LABELS}))
     output = tmp_path / "preds.csv"
-    result = run_predict(
+    result = run_script("predict", 
         ["--model", str(tiny_model_dir), str(image_folder / "a.png"), str(image_folder / "broken.jpg"),
          "--output", str(output), "--thresholds", str(thresholds), "--device", "cpu"]
     )
@@ -290,13 +281,13 @@ def test_predict_script_csv_output_with_a_threshold_file(tiny_model_dir, image_f
 def test_predict_script_fails_cleanly(tiny_model_dir, image_folder, tmp_path):
     output = tmp_path / "preds.jsonl"
     only_broken = ["--model", str(tiny_model_dir), str(image_folder / "broken.jpg"), "--output", str(output)]
-    assert run_predict(only_broken).returncode == 1
+    assert run_script("predict", only_broken).returncode == 1
     wrong = tmp_path / "wrong.json"
     wrong.write_text("[0.5, 0.5, 0.5]")
-    result = run_predict(["--model", str(tiny_model_dir), str(image_folder), "--thresholds", str(wrong)])
+    result = run_script("predict", ["--model", str(tiny_model_dir), str(image_folder), "--thresholds", str(wrong)])
     assert result.returncode == 2
     assert "3 thresholds but the model has 5 labels" in result.stderr
-    assert run_predict(["--model", str(tmp_path / "no_such_model"), str(image_folder)]).returncode == 2
+    assert run_script("predict", ["--model", str(tmp_path / "no_such_model"), str(image_folder)]).returncode == 2
 
 
 def test_predict_images_one_forward_per_batch_with_attention_maps(tagger, image_folder, tmp_path):
