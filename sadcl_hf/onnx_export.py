@@ -20,11 +20,13 @@ import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .evaluation import DEFAULT_THRESHOLD
 from .image_processing import backbone_normalization
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "onnx_logits",
     "onnx_session",
     "quantize_onnx_int8",
+    "quantize_with_calibration",
     "verify_onnx",
 ]
 
@@ -257,7 +260,7 @@ def evaluation_batches(
 
 def compare_onnx_models(
     reference: str | os.PathLike, candidate: str | os.PathLike, batches: list[np.ndarray], targets: np.ndarray,
-    thresholds: np.ndarray | float = 0.5,
+    thresholds: np.ndarray | float = DEFAULT_THRESHOLD,
 ) -> dict[str, float]:
     """mAP (percent) of two ONNX classifiers on the same data, the change (`map_change`, candidate - reference,
     points), the largest probability difference and the share of (image, class) tag decisions they agree on at
@@ -274,4 +277,36 @@ def compare_onnx_models(
         "map_change": candidate_map - reference_map,
         "max_probability_difference": float(np.abs(probabilities[1] - probabilities[0]).max()),
         "tag_agreement": float((tags[0] == tags[1]).mean()),
+    }
+
+
+def quantize_with_calibration(
+    config,
+    path: str | os.PathLike,
+    int8_path: str | os.PathLike,
+    dataset: str,
+    root: str | os.PathLike | None = None,
+    calibration_split: str = "validation",
+    calibration_samples: int = 256,
+    eval_split: str = "test",
+    **options: Any,
+) -> dict[str, Any]:
+    """Static int8 of the float graph `path` ([`quantize_onnx_int8`]) calibrated on `calibration_samples` images
+    of `calibration_split`, then both graphs scored on `eval_split` ([`compare_onnx_models`] at the model's
+    thresholds). Returns the comparison plus `num_calibration_images`, `quantized_convolutions` and `convolutions`."""
+    from .pipeline import resolve_thresholds
+
+    data = dict(dataset=dataset, root=root, **options)
+    calibration, _ = evaluation_batches(
+        config, split=calibration_split, max_samples=calibration_samples, batch_size=32, **data
+    )
+    quantize_onnx_int8(path, int8_path, calibration)
+    quantized, convolutions = count_quantized_convolutions(int8_path)
+    batches, targets = evaluation_batches(config, split=eval_split, **data)
+    comparison = compare_onnx_models(path, int8_path, batches, targets, resolve_thresholds(None, config))
+    return {
+        **comparison,
+        "num_calibration_images": sum(len(batch) for batch in calibration),
+        "quantized_convolutions": quantized,
+        "convolutions": convolutions,
     }

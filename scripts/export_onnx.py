@@ -29,14 +29,10 @@ from sadcl_hf.model_card import add_onnx_results_to_model_card
 from sadcl_hf.onnx_export import (
     ONNX_FILE_NAME,
     ONNX_INT8_FILE_NAME,
-    compare_onnx_models,
-    count_quantized_convolutions,
-    evaluation_batches,
     export_onnx,
-    quantize_onnx_int8,
+    quantize_with_calibration,
     verify_onnx,
 )
-from sadcl_hf.pipeline import resolve_thresholds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,20 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quantize:
         return 0
 
-    options = json.loads(args.dataset_options) if args.dataset_options else {}
-    data = dict(dataset=args.calibration_dataset, root=args.calibration_root, **options)
-    calibration, _ = evaluation_batches(
-        model.config, split=args.calibration_split, max_samples=args.calibration_samples, batch_size=32, **data
-    )
     int8_path = path.with_name(Path(ONNX_INT8_FILE_NAME).name) if args.output else model_dir / ONNX_INT8_FILE_NAME
-    quantize_onnx_int8(path, int8_path, calibration)
-    quantized, convolutions = count_quantized_convolutions(int8_path)
+    result = quantize_with_calibration(
+        model.config, path, int8_path, args.calibration_dataset, args.calibration_root,
+        calibration_split=args.calibration_split, calibration_samples=args.calibration_samples,
+        eval_split=args.eval_split, **(json.loads(args.dataset_options) if args.dataset_options else {}),
+    )  # fmt: skip
     print(
-        f"int8 (static, QDQ, calibrated on {sum(len(b) for b in calibration)} {args.calibration_split} images) -> "
-        f"{int8_path} ({int8_path.stat().st_size / 1e6:.1f} MB; {quantized}/{convolutions} Convs quantized)"
+        f"int8 (static, QDQ, calibrated on {result['num_calibration_images']} {args.calibration_split} images) -> "
+        f"{int8_path} ({int8_path.stat().st_size / 1e6:.1f} MB; {result['quantized_convolutions']}/"
+        f"{result['convolutions']} Convs quantized)"
     )
-    batches, targets = evaluation_batches(model.config, split=args.eval_split, **data)
-    result = compare_onnx_models(path, int8_path, batches, targets, resolve_thresholds(None, model.config))
     print(
         f"{args.calibration_dataset} {args.eval_split} mAP: float32 {result['reference_map']:.2f}, "
         f"int8 {result['candidate_map']:.2f} (change {result['map_change']:+.2f} points); "
