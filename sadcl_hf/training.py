@@ -36,6 +36,7 @@ __all__ = [
     "STAGES",
     "build_model",
     "default_splits",
+    "load_split",
     "parse_arguments",
     "read_config_file",
     "run_training",
@@ -169,7 +170,9 @@ def default_splits(dataset: str) -> tuple[str, str]:
     return info.train_split, info.eval_split
 
 
-def _load_split(data_args: DataArguments, split: str, limit: int | None):
+def load_split(data_args: DataArguments, split: str, limit: int | None = None):
+    """One split of the dataset the arguments name (`dataset`, `dataset_root`, `dataset_options`), its first
+    `limit` rows when given."""
     if data_args.streaming:
         if data_args.dataset_root is None:
             raise ValueError("--streaming needs --dataset_root: a folder of parquet shards or a Hub dataset id")
@@ -258,10 +261,10 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
     eval_split = data_args.eval_split or default_eval
     if data_args.streaming and training_args.max_steps <= 0:
         raise ValueError("--streaming needs --max_steps: a stream has no length to count epochs with")
-    train_dataset = _load_split(data_args, train_split, data_args.max_train_samples)
+    train_dataset = load_split(data_args, train_split, data_args.max_train_samples)
     if data_args.streaming:
         train_dataset = train_dataset.shuffle(seed=training_args.seed, buffer_size=1000)
-    eval_dataset = _load_split(data_args, eval_split, data_args.max_eval_samples)
+    eval_dataset = load_split(data_args, eval_split, data_args.max_eval_samples)
     names = label_names(train_dataset)
     if label_names(eval_dataset) != names:
         raise ValueError(

@@ -13,9 +13,9 @@ import argparse
 from pathlib import Path
 
 from sadcl_hf import SADCLForImageClassification
-from sadcl_hf.data import label_names, load_multilabel_dataset
+from sadcl_hf.data import label_names
 from sadcl_hf.prototypes import compute_dataset_prototypes, save_prototypes
-from sadcl_hf.training import default_splits, read_config_file
+from sadcl_hf.training import DataArguments, default_splits, load_split, read_config_file
 
 
 def main() -> None:
@@ -32,17 +32,18 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = read_config_file(Path(args.config)) if args.config else {}
-    dataset_name = args.dataset or settings.get("dataset")
-    if dataset_name is None:
+    names = ("dataset", "dataset_root", "train_split", "dataset_options")
+    data_fields = {name: settings[name] for name in names if settings.get(name) is not None}
+    data_fields.update({k: v for k, v in (("dataset", args.dataset), ("dataset_root", args.dataset_root)) if v})
+    if "dataset" not in data_fields:
         parser.error("name the dataset with --config or --dataset")
-    root = args.dataset_root or settings.get("dataset_root")
-    split = args.split or settings.get("train_split") or default_splits(dataset_name)[0]
-    options = settings.get("dataset_options") or {}
-    dataset = load_multilabel_dataset(dataset_name, root=root, split=split, **options)
+    data_args = DataArguments(**data_fields)
+    split = args.split or data_args.train_split or default_splits(data_args.dataset)[0]
+    dataset = load_split(data_args, split)
 
     model = SADCLForImageClassification.from_pretrained(args.model)
     if model.config.label_names != label_names(dataset):
-        raise SystemExit(f"{args.model}: the model's labels do not match the dataset's ({dataset_name}, {split})")
+        raise SystemExit(f"{args.model}: the model's labels do not match the dataset's ({data_args.dataset}, {split})")
     prototypes, counts = compute_dataset_prototypes(
         model, dataset, threshold=args.threshold, batch_size=args.batch_size, num_workers=args.num_workers
     )
