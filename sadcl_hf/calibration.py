@@ -91,10 +91,10 @@ def load_thresholds(
 
 def _check_dataset_labels(dataset, config) -> None:
     """Raises when the dataset's class names (ClassLabel) disagree with the model's; warns for placeholder names."""
-    from .data import label_names
+    from .data import dataset_label_names
 
     try:
-        dataset_names = label_names(dataset)
+        dataset_names = dataset_label_names(dataset)
     except ValueError:
         return  # no ClassLabel names to compare with
     if len(dataset_names) != config.num_labels:

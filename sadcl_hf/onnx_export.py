@@ -241,13 +241,14 @@ def evaluation_batches(
     """A dataset split preprocessed for `config` as in evaluation: pixel_values batches [B, 3, S, S] float32 and the
     multi-hot targets [N, K]. `dataset`, `root` and `options` go to [`sadcl_hf.data.load_multilabel_dataset`]; the
     split's class names must be the model's."""
-    from .data import label_names, load_multilabel_dataset
+    from .data import dataset_label_names, load_multilabel_dataset
     from .image_processing import evaluation_dataloader
 
     data = load_multilabel_dataset(dataset, root=root, split=split, **options)
-    if label_names(data) != config.label_names:
+    names = dataset_label_names(data)
+    if names != config.label_names:
         raise ValueError(
-            f"{dataset} ({split}): its classes {label_names(data)[:5]}... are not the model's {config.label_names[:5]}..."
+            f"{dataset} ({split}): its classes {names[:5]}... are not the model's {config.label_names[:5]}..."
         )
     if max_samples is not None:
         data = data.select(range(min(max_samples, len(data))))

@@ -21,7 +21,7 @@ from .data import (
     MultiLabelCollator,
     build_train_transform,
     dataset_info,
-    label_names,
+    dataset_label_names,
     load_multilabel_dataset,
 )
 from .data.streaming import load_streaming_dataset
@@ -265,11 +265,11 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
     if data_args.streaming:
         train_dataset = train_dataset.shuffle(seed=training_args.seed, buffer_size=1000)
     eval_dataset = load_split(data_args, eval_split, data_args.max_eval_samples)
-    names = label_names(train_dataset)
-    if label_names(eval_dataset) != names:
+    names = dataset_label_names(train_dataset)
+    if dataset_label_names(eval_dataset) != names:
         raise ValueError(
             f"{data_args.dataset}: the {eval_split!r} split's classes differ from the {train_split!r} split's "
-            f"({label_names(eval_dataset)[:5]}... vs {names[:5]}...)"
+            f"({dataset_label_names(eval_dataset)[:5]}... vs {names[:5]}...)"
         )
 
     model = build_model(model_args, names)

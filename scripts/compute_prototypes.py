@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from sadcl_hf import SADCLForImageClassification
-from sadcl_hf.data import label_names
+from sadcl_hf.data import dataset_label_names
 from sadcl_hf.prototypes import compute_dataset_prototypes, save_prototypes
 from sadcl_hf.training import DataArguments, default_splits, load_split, read_config_file
 
@@ -42,7 +42,7 @@ def main() -> None:
     dataset = load_split(data_args, split)
 
     model = SADCLForImageClassification.from_pretrained(args.model)
-    if model.config.label_names != label_names(dataset):
+    if model.config.label_names != dataset_label_names(dataset):
         raise SystemExit(f"{args.model}: the model's labels do not match the dataset's ({data_args.dataset}, {split})")
     prototypes, counts = compute_dataset_prototypes(
         model, dataset, threshold=args.threshold, batch_size=args.batch_size, num_workers=args.num_workers

@@ -28,7 +28,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, pi
 from sadcl_hf import calibrate_thresholds
 from sadcl_hf.attention_maps import save_attention_maps
 from sadcl_hf.calibration import format_calibration_report
-from sadcl_hf.data import label_names, load_multilabel_dataset
+from sadcl_hf.data import dataset_label_names, load_multilabel_dataset
 from sadcl_hf.evaluation import metric_names
 from sadcl_hf.feature_analysis import analyze_label_features, plot_label_features
 from sadcl_hf.model_card import save_model_card
@@ -99,7 +99,7 @@ def main() -> None:
 
     _banner("1/8 digits-mosaic dataset")
     dataset = load_multilabel_dataset("digits-mosaic", **args.dataset_options)
-    names = label_names(dataset)
+    names = dataset_label_names(dataset)
     print({split: len(part) for split, part in dataset.items()}, "labels:", names)
 
     _banner("2/8 stage 1: baseline (SARL + ASL)")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from transformers import AutoModelForImageClassification
 
-from sadcl_hf.data import label_names, load_multilabel_dataset
+from sadcl_hf.data import dataset_label_names, load_multilabel_dataset
 from sadcl_hf.feature_analysis import DEFAULT_MAX_FEATURES, analyze_label_features, plot_label_features
 
 
@@ -52,7 +52,7 @@ def main() -> None:
     separation = {}
     for model_name_or_path, name in zip(args.model, names):
         model = AutoModelForImageClassification.from_pretrained(model_name_or_path)
-        if model.config.label_names != label_names(dataset):
+        if model.config.label_names != dataset_label_names(dataset):
             parser.error(f"{model_name_or_path}: the model's labels differ from {args.dataset} {args.split}'s")
         analysis = analyze_label_features(
             model, dataset, max_features=args.max_features, batch_size=args.batch_size, seed=args.seed

@@ -10,7 +10,7 @@ import pytest
 from sadcl_hf.data import (
     digits_mosaic_cache_path,
     digits_mosaic_scan_pools,
-    label_names,
+    dataset_label_names,
     load_digits_mosaic,
     load_multilabel_dataset,
 )
@@ -27,7 +27,7 @@ def mosaic(tmp_path_factory):
 def test_format_and_sizes(mosaic):
     dataset, _ = mosaic
     assert {name: len(part) for name, part in dataset.items()} == {"train": 50, "validation": 10, "test": 20}
-    assert label_names(dataset) == [str(digit) for digit in range(10)]
+    assert dataset_label_names(dataset) == [str(digit) for digit in range(10)]
     train = dataset["train"]
     assert isinstance(train.features["image"], datasets.Image)
     assert isinstance(train.features["labels"].feature, datasets.ClassLabel)

@@ -18,7 +18,7 @@ from sadcl_hf.data import (
     DatasetLayoutError,
     dataset_info,
     from_hub_dataset,
-    label_names,
+    dataset_label_names,
     load_coco,
     load_folder,
     load_multilabel_dataset,
@@ -36,7 +36,7 @@ def write_image(path: Path, color=(10, 200, 30), size=(12, 8)) -> Path:
 
 
 def label_sets(dataset) -> list[list[str]]:
-    names = label_names(dataset)
+    names = dataset_label_names(dataset)
     return [[names[i] for i in ids] for ids in dataset["labels"]]
 
 
@@ -96,7 +96,7 @@ def test_coco_labels_order_and_unlabeled(tmp_path):
 def test_coco2017_through_entry_point(tmp_path):
     root = write_coco(tmp_path / "coco17", year=2017)
     val = load_multilabel_dataset("coco2017", root=root, split="val")
-    assert len(val) == 3 and label_names(val)[0] == "person"
+    assert len(val) == 3 and dataset_label_names(val)[0] == "person"
     with pytest.raises(DatasetLayoutError, match=r"annotations/instances_train2014\.json"):
         load_multilabel_dataset("coco2014", root=root, split="train")
 
@@ -316,7 +316,7 @@ def test_vg500(tmp_path):
     assert np.asarray(dataset["test"][0]["image"])[0, 0, 2] > 200  # found in VG_100K_2
 
     named = load_vg500(write_vg500(tmp_path / "vg_named", names_file=True), "train")
-    assert label_names(named)[:2] == ["object0", "object1"] and len(label_names(named)) == 500
+    assert dataset_label_names(named)[:2] == ["object0", "object1"] and len(dataset_label_names(named)) == 500
 
 
 def test_vg500_errors(tmp_path):
@@ -351,7 +351,7 @@ def test_folder_jsonl_single_split(tmp_path):
 
     (root / "classes.txt").write_text("dog\ncat\nbird\n")
     ordered = load_folder(root, "train")
-    assert label_names(ordered) == ["dog", "cat", "bird"]
+    assert dataset_label_names(ordered) == ["dog", "cat", "bird"]
     assert label_sets(ordered) == [["dog", "cat"], []]
 
 
@@ -365,7 +365,7 @@ def test_folder_csv_splits_and_unknown_label(tmp_path):
             writer.writerow([name, labels])
     dataset = load_folder(root)
     assert set(dataset) == {"train", "validation"}
-    assert label_names(dataset) == ["a", "b", "c"]  # classes shared by all splits
+    assert dataset_label_names(dataset) == ["a", "b", "c"]  # classes shared by all splits
     assert label_sets(dataset["validation"]) == [["c"]]
     with pytest.raises(ValueError, match=r"train/metadata\.csv:2: unknown label\(s\) \['b'\]"):
         load_folder(root, "train", label_names=["a", "c"])
@@ -435,7 +435,7 @@ def test_from_hub_dataset_classlabel_features_and_dict(image_paths):
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["no", "yes"])})
     single = datasets.Dataset.from_dict({"image": image_paths, "label": [1, 0, 1]}, features=features)
     converted = from_hub_dataset(single, label_column="label")
-    assert label_names(converted) == ["no", "yes"] and converted["labels"] == [[1], [0], [1]]
+    assert dataset_label_names(converted) == ["no", "yes"] and converted["labels"] == [[1], [0], [1]]
 
     objects = datasets.List(datasets.ClassLabel(names=["a", "b", "c"]))
     features = datasets.Features({"image": datasets.Image(), "objects": objects})
@@ -445,7 +445,7 @@ def test_from_hub_dataset_classlabel_features_and_dict(image_paths):
     converted = from_hub_dataset(parts, label_column="objects")
     assert isinstance(converted, datasets.DatasetDict)
     assert converted["train"]["labels"] == [[2], [0]] and converted["test"]["labels"] == [[1]]
-    assert label_names(converted) == ["a", "b", "c"]
+    assert dataset_label_names(converted) == ["a", "b", "c"]
 
 
 def test_from_hub_dataset_errors(image_paths):
@@ -508,13 +508,13 @@ def test_dataset_registry_is_the_one_table_of_names_splits_and_display_names():
 def test_label_names_errors():
     plain = datasets.Dataset.from_dict({"labels": [[0, 1]]})
     with pytest.raises(ValueError, match=r"List\(ClassLabel"):
-        label_names(plain)
+        dataset_label_names(plain)
     with pytest.raises(ValueError, match="the dataset has none"):
-        label_names(datasets.Dataset.from_dict({"x": [1]}))
+        dataset_label_names(datasets.Dataset.from_dict({"x": [1]}))
     def one_row(names):
         features = datasets.Features({"labels": datasets.List(datasets.ClassLabel(names=names))})
         return datasets.Dataset.from_dict({"labels": [[0]]}, features=features)
 
     mixed = datasets.DatasetDict({"train": one_row(["a", "b"]), "test": one_row(["a", "c"])})
     with pytest.raises(ValueError, match="different class names"):
-        label_names(mixed)
+        dataset_label_names(mixed)

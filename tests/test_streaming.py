@@ -12,7 +12,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from sadcl_hf.data import DatasetLayoutError, label_names, load_multilabel_dataset
+from sadcl_hf.data import DatasetLayoutError, dataset_label_names, load_multilabel_dataset
 from sadcl_hf.data.streaming import load_streaming_dataset, write_parquet_shards
 from sadcl_hf.training import parse_arguments
 
@@ -56,7 +56,7 @@ def parquet_root(tmp_path_factory) -> Path:
 def test_parquet_shards_stream_with_their_class_names(parquet_root, tmp_path):
     stream = load_streaming_dataset(parquet_root, "train")
     assert isinstance(stream, datasets.IterableDataset) and stream.n_shards == 4
-    assert label_names(stream) == [str(digit) for digit in range(10)]
+    assert dataset_label_names(stream) == [str(digit) for digit in range(10)]
     rows = list(stream)
     assert [row["sample_id"] for row in rows] == [f"train-{index}" for index in range(48)]
     assert rows[0]["image"].size == (64, 64) and all(isinstance(i, int) for i in rows[0]["labels"])
@@ -68,7 +68,7 @@ def test_webdataset_shards_stream_in_the_same_schema(tmp_path):
     dataset = load_multilabel_dataset(
         "digits-mosaic", split="validation", num_train=8, num_validation=12, num_test=8, cache_dir=str(tmp_path / "c")
     )
-    names = label_names(dataset)
+    names = dataset_label_names(dataset)
     (tmp_path / "wds" / "validation").mkdir(parents=True)
     for shard in range(2):
         with tarfile.open(tmp_path / "wds" / "validation" / f"validation-{shard:05d}.tar", "w") as tar:
@@ -84,7 +84,7 @@ def test_webdataset_shards_stream_in_the_same_schema(tmp_path):
         load_streaming_dataset(tmp_path / "wds", "validation")
     (tmp_path / "wds" / "classes.txt").write_text("\n".join(names) + "\n")
     stream = load_streaming_dataset(tmp_path / "wds", "validation")
-    assert stream.n_shards == 2 and label_names(stream) == names
+    assert stream.n_shards == 2 and dataset_label_names(stream) == names
     rows = list(stream)
     assert [row["labels"] for row in rows] == [dataset[index]["labels"] for index in range(12)]
     assert rows[0]["image"].size == (64, 64)

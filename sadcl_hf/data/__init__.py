@@ -4,16 +4,16 @@ Every loader returns a `datasets.Dataset` / `DatasetDict` with an `image` column
 lazily) and a `labels` column (`List(ClassLabel(names=...))`, the ids of the classes present), so the class
 names travel with the data::
 
-    from sadcl_hf.data import MultiLabelCollator, build_train_transform, label_names, load_multilabel_dataset
+    from sadcl_hf.data import MultiLabelCollator, build_train_transform, dataset_label_names, load_multilabel_dataset
 
     dataset = load_multilabel_dataset("digits-mosaic")           # or "coco2014", root="/data/coco", ...
-    names = label_names(dataset)
+    names = dataset_label_names(dataset)
     collator = MultiLabelCollator(len(names), transform=build_train_transform(448))
 """
 
 from .coco import COCO_SPLITS, load_coco
 from .collator import MultiLabelCollator
-from .common import DatasetLayoutError, label_names, multilabel_features
+from .common import DatasetLayoutError, dataset_label_names, multilabel_features
 from .digits_mosaic import (
     DIGITS_MOSAIC_SPLITS,
     digits_mosaic_cache_path,
@@ -61,7 +61,7 @@ __all__ = [
     "digits_mosaic_cache_path",
     "digits_mosaic_scan_pools",
     "from_hub_dataset",
-    "label_names",
+    "dataset_label_names",
     "load_coco",
     "load_digits_mosaic",
     "load_folder",

@@ -25,7 +25,7 @@ __all__ = [
     "select_splits",
     "DatasetLayoutError",
     "build_multilabel_dataset",
-    "label_names",
+    "dataset_label_names",
     "multilabel_features",
     "require_dir",
     "require_file",
@@ -80,7 +80,7 @@ def multilabel_features(class_names: Sequence[str]) -> datasets.Features:
     return datasets.Features({"image": datasets.Image(), "labels": datasets.List(class_label)})
 
 
-def label_names(dataset: AnyDataset) -> list[str]:
+def dataset_label_names(dataset: AnyDataset) -> list[str]:
     """The class names (index = class id) of a multi-label dataset produced by the sadcl-hf loaders.
 
     Args:
@@ -90,7 +90,7 @@ def label_names(dataset: AnyDataset) -> list[str]:
     if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if len(dataset) == 0:
             raise ValueError("The DatasetDict has no splits.")
-        per_split = {split: label_names(part) for split, part in dataset.items()}
+        per_split = {split: dataset_label_names(part) for split, part in dataset.items()}
         first_split, names = next(iter(per_split.items()))
         for split, other in per_split.items():
             if other != names:

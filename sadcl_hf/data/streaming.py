@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence, Union
 
 import datasets
 
-from .common import DatasetLayoutError, label_names, multilabel_features
+from .common import DatasetLayoutError, dataset_label_names, multilabel_features
 
 __all__ = ["load_streaming_dataset", "write_parquet_shards"]
 
@@ -67,7 +67,7 @@ def load_streaming_dataset(
         raise DatasetLayoutError(f"Expected a folder of parquet shards or a Hub dataset id, got the file {folder}.")
     else:
         dataset = datasets.load_dataset(str(source), split=split, streaming=True, **options)
-    label_names(dataset)  # the class names must travel with the data (List(ClassLabel) features)
+    dataset_label_names(dataset)  # the class names must travel with the data (List(ClassLabel) features)
     return dataset
 
 
