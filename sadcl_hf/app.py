@@ -31,7 +31,7 @@ import torch
 
 from .attention_maps import class_attention_maps, render_attention_grid
 from .data.images import ImageLoadError
-from .pipeline import MULTI_LABEL_TASK, load_pipeline_image, resolve_thresholds
+from .pipeline import load_pipeline_image, resolve_thresholds
 
 __all__ = [
     "Tagger", "build_app", "default_examples", "digits_mosaic_examples", "space_requirements", "write_space_folder"
@@ -57,24 +57,17 @@ class Tagger:
     """
 
     def __init__(self, model_name_or_path: str | os.PathLike, device: str = "cpu"):
-        from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
-
-        from .image_processing import image_processor_for_config
+        from .inference import load_tagger
 
         model_name_or_path = os.fspath(model_name_or_path)
-        model = AutoModelForImageClassification.from_pretrained(model_name_or_path)
-        if getattr(model.config, "model_type", None) != "sadcl":
+        self.pipeline = load_tagger(model_name_or_path, device)
+        if getattr(self.pipeline.model.config, "model_type", None) != "sadcl":
             raise ValueError(
-                f"{model_name_or_path} holds a {model.config.model_type!r} model; the tagger needs a SADCL model "
-                "(config.json with model_type 'sadcl')"
+                f"{model_name_or_path} holds a {self.pipeline.model.config.model_type!r} model; the tagger needs a "
+                "SADCL model (config.json with model_type 'sadcl')"
             )
-        try:
-            image_processor = AutoImageProcessor.from_pretrained(model_name_or_path)
-        except OSError:  # a folder saved without preprocessor_config.json
-            image_processor = image_processor_for_config(model.config)
         self.name = model_name_or_path
-        self.pipeline = pipeline(MULTI_LABEL_TASK, model=model.eval(), image_processor=image_processor, device=device)
-        self.model = self.pipeline.model
+        self.model = self.pipeline.model.eval()
         self.label_names = self.pipeline.label_names
         self.has_calibrated_thresholds = getattr(self.model.config, "thresholds", None) is not None
 
