@@ -23,7 +23,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from .attention_maps import logits_and_attention_maps, save_attention_grid
 from .data.images import ImageLoadError
-from .evaluation import predict_labels, sigmoid
+from .evaluation import sigmoid
 from .image_processing import image_processor_for_config
 from .onnx_runtime import ONNX_BACKENDS, SADCLOnnxModel
 from .pipeline import MultiLabelImageClassificationPipeline, load_pipeline_image
@@ -80,9 +80,9 @@ def predict_images(
     """Tags `images` (paths, URLs, PIL images, ...) batch by batch, one model forward per batch; yields one record
     per image, in order.
 
-    A record is `{"image", "labels", "scores"}`: `labels` those whose score reaches its threshold
-    ([`predict_labels`]; `threshold` as the pipeline takes it: one value, one per class, or `None` for the model's
-    calibrated thresholds), highest score first, and `scores` every label's sigmoid score — the pipeline's tags.
+    A record is `{"image", "labels", "scores"}`: `labels` the pipeline's tags (its `postprocess`: the labels whose
+    score reaches its threshold, highest first; `threshold` as the pipeline takes it: one value, one per class, or
+    `None` for the model's calibrated thresholds) and `scores` every label's sigmoid score.
     With `attention_maps_dir`, the same forward also returns the decoder's cross-attention and the record names the
     figure written there (`attention_map`; file name from `names`, else `<index>_<stem>`). An unreadable image gives
     `{"image", "error"}` and the run goes on.
@@ -114,11 +114,11 @@ def predict_images(
                     logits = tagger.model(pixel_values=pixel_values.to(tagger.device, tagger.dtype)).logits
             else:
                 logits, maps = logits_and_attention_maps(tagger.model, pixel_values)
-            scores = sigmoid(logits.float().cpu().numpy().astype(np.float64))
+            logits = logits.float().cpu()
+            scores = sigmoid(logits.numpy().astype(np.float64))
             for row, ((position, source), image) in enumerate(zip(readable, loaded)):
-                selected = np.flatnonzero(predict_labels(scores[row], thresholds))
-                ranked = selected[np.argsort(-scores[row, selected], kind="stable")]
-                records[position]["labels"] = [label_names[index] for index in ranked]
+                tags = tagger.postprocess({"logits": logits[row : row + 1]}, threshold=thresholds)
+                records[position]["labels"] = [tag["label"] for tag in tags]
                 records[position]["scores"] = {name: round(float(s), 6) for name, s in zip(label_names, scores[row])}
                 if maps is not None:
                     index = start + position
