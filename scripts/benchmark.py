@@ -9,6 +9,7 @@ One subcommand per benchmark, each printing a table and optionally writing `--js
     python scripts/benchmark.py inference [--preset tiny --batch-size 64 --source-size 256]
     python scripts/benchmark.py data --dataset folder --root DIR [--make-images 352 --image-size 448]
     python scripts/benchmark.py serving --model runs/demo/model [--batch-size 64 --threads 2]
+    python scripts/benchmark.py tagging [--model DIR --num-images 32 --batch-size 16 --num-workers 2 --output out.json]
     python scripts/benchmark.py streaming [--num-images 4000 --num-shards 8 --steps 300]
 
 `losses` times forward + backward of SSCL + PSCL at paper scale (sadcl-hf in reference and corrected mode, against
@@ -18,7 +19,8 @@ peak extra resident memory of each variant in a fresh subprocess. `train-step` m
 with the bare model forward on the same batch; `data` measures images/s of one data-loading worker on the training
 path (decode + the paper's augmentation + collate) on JPEGs it can write itself (`--make-images N`); `serving`
 compares PyTorch eager with ONNX Runtime float32 and static int8 on a saved model (and the int8 mAP change for the
-demo model); `streaming` samples the resident memory of a training run that streams parquet shards.
+demo model); `tagging` times `predict.py`'s path end to end on generated 12 MP JPEGs for each backend beside its
+decode-only and model-only limits, and the web tagger under 1 and 16 concurrent clients; `streaming` samples the resident memory of a training run that streams parquet shards.
 """
 
 from __future__ import annotations
@@ -540,6 +542,217 @@ def run_serving(args: argparse.Namespace) -> Dict[str, object]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# tagging
+# --------------------------------------------------------------------------------------------------------------------
+
+TAGGING_BACKENDS = ("pytorch", "onnx", "onnx-int8")
+PHONE_PHOTO_SIZE = (4032, 3024)  # a 12 MP phone photo, (width, height)
+
+
+def load_average() -> float:
+    """The machine's 1-minute load average (`uptime`): measurements on a shared machine carry it."""
+    return round(os.getloadavg()[0], 2)
+
+
+def best_of(repeats: int, measure: Callable[[], float]) -> Dict[str, object]:
+    """Runs `measure` (returns images/s or requests/s) `repeats` times: the best value, every value and the load
+    average before each run."""
+    values, loads = [], []
+    for _ in range(repeats):
+        loads.append(load_average())
+        values.append(measure())
+    return {"best": max(values), "values": values, "load_averages": loads}
+
+
+def phone_photo_folder(cache_dir: str, count: int, seed: int) -> str:
+    """A folder of `count` 12 MP JPEGs ([`make_folder_images`] at 4032x3024, fixed seed), written once and reused."""
+    folder = os.path.join(cache_dir, f"jpegs-{PHONE_PHOTO_SIZE[0]}x{PHONE_PHOTO_SIZE[1]}-seed{seed}-n{count}")
+    done = os.path.join(folder, ".complete")
+    if not os.path.exists(done):
+        make_folder_images(folder, count, size=PHONE_PHOTO_SIZE, seed=seed)
+        open(done, "w").close()
+    return folder
+
+
+def demo_sized_model_folder(args: argparse.Namespace, calibration_images: List[str]) -> str:
+    """`--model` if given, else `runs/demo/model` if present, else a demo-sized model (the `tiny` preset with the
+    demo's 10 digit labels, as `configs/demo.yaml` trains it; random weights, seed 0) saved once to the cache. Its
+    `onnx/model.onnx` and static int8 `onnx/model_quantized.onnx` are exported when missing (int8 calibrated on the
+    benchmark's own images, preprocessed by the model's image processor)."""
+    from pathlib import Path
+
+    import numpy as np
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from sadcl_hf import SADCLConfig, SADCLForImageClassification
+    from sadcl_hf.image_processing import image_processor_for_config
+    from sadcl_hf.onnx_export import ONNX_FILE_NAME, ONNX_INT8_FILE_NAME, export_onnx, quantize_onnx_int8
+    from sadcl_hf.pipeline import load_pipeline_image
+
+    demo_model = Path(__file__).resolve().parents[1] / "runs" / "demo" / "model"
+    if args.model:
+        folder = Path(args.model)
+    elif demo_model.is_dir():
+        folder = demo_model
+    else:
+        folder = Path(args.cache_dir) / "demo-sized-model"
+        if not (folder / "config.json").is_file():
+            torch.manual_seed(0)
+            config = SADCLConfig.from_preset("tiny", use_pretrained_backbone=False)
+            model = SADCLForImageClassification(config).eval()
+            model.save_pretrained(folder)
+            image_processor_for_config(config).save_pretrained(folder)
+    fp32_path, int8_path = folder / ONNX_FILE_NAME, folder / ONNX_INT8_FILE_NAME
+    if not fp32_path.is_file():
+        export_onnx(AutoModelForImageClassification.from_pretrained(folder), fp32_path)
+    if not int8_path.is_file():
+        processor = AutoImageProcessor.from_pretrained(folder)
+        pixel_values = [processor(images=load_pipeline_image(path), return_tensors="np")["pixel_values"] for path in calibration_images]
+        calibration = [np.concatenate(pixel_values)]
+        quantize_onnx_int8(fp32_path, int8_path, calibration)
+    return str(folder)
+
+
+def tagger_load(model: str, backend: str, clients: List[int], repeats: int) -> Dict[str, object]:
+    """Requests/s and p50/p95 latency of the web tagger at each number of concurrent `clients` on loopback, through
+    `sadcl_hf.app.tagger_load_benchmark` (the tagger's own load measurement). Hook: until that function exists, the
+    result says so instead of numbers."""
+    from sadcl_hf import app
+
+    measure = getattr(app, "tagger_load_benchmark", None)
+    if measure is None:
+        return {"error": "not measured: sadcl_hf.app.tagger_load_benchmark is not available"}
+    results = {}
+    for count in clients:
+        runs = []
+        for _ in range(repeats):
+            load = load_average()
+            runs.append({**measure(model, backend=backend, clients=count), "load_average": load})
+        results[str(count)] = max(runs, key=lambda run: run["requests_per_s"])
+        results[str(count)]["runs"] = runs
+    if len(clients) > 1:
+        results["speedup"] = results[str(clients[-1])]["requests_per_s"] / results[str(clients[0])]["requests_per_s"]
+    return results
+
+
+def run_tagging(args: argparse.Namespace) -> Dict[str, object]:
+    """`tagging`: images/s of `predict.py`'s path (`sadcl_hf.inference.predict_images`: decode, preprocess, forward,
+    records written) on a folder of 12 MP JPEGs for each backend, beside the limits of that path: model-only
+    images/s (the forward alone on the same preprocessed batches) and decode-only images/s (loading and preprocessing
+    as `predict_images` does, with its DataLoader workers, no model); then the web tagger's requests/s and latency at
+    1 and 16 concurrent clients. Each figure is the best of `--repeats` runs, with the load average before each."""
+    import platform
+
+    from sadcl_hf.inference import PredictionWriter, TaggingInputs, expand_inputs, load_tagger, predict_images
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    folder = phone_photo_folder(args.cache_dir, args.num_images, args.seed)
+    paths = expand_inputs([folder])
+    model_folder = demo_sized_model_folder(args, paths)
+
+    def decode_only(num_workers: int) -> Callable[[], float]:
+        def measure() -> float:
+            processor = taggers["pytorch"].image_processor
+            dataset = TaggingInputs(paths, processor)
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=args.batch_size, num_workers=num_workers, collate_fn=list
+            )
+            start = time.perf_counter()
+            for _ in loader:
+                pass
+            return len(paths) / (time.perf_counter() - start)
+
+        return measure
+
+    def end_to_end(tagger, num_workers: int) -> Callable[[], float]:
+        def measure() -> float:
+            with open(os.devnull, "w") as sink:
+                writer = PredictionWriter(sink, "jsonl", tagger.model.config.label_names)
+                start = time.perf_counter()
+                for record in predict_images(tagger, paths, batch_size=args.batch_size, num_workers=num_workers):
+                    if "error" in record:
+                        raise RuntimeError(record["error"])
+                    writer.write(record)
+                return len(paths) / (time.perf_counter() - start)
+
+        return measure
+
+    def model_only(tagger, batches: List[torch.Tensor]) -> Callable[[], float]:
+        def measure() -> float:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                for pixel_values in batches:
+                    tagger.model(pixel_values=pixel_values.to(tagger.device, tagger.dtype))
+            return len(paths) / (time.perf_counter() - start)
+
+        return measure
+
+    taggers = {backend: load_tagger(model_folder, "cpu", backend=backend) for backend in args.backends}
+    taggers.setdefault("pytorch", load_tagger(model_folder, "cpu"))
+    dataset = TaggingInputs(paths, taggers["pytorch"].image_processor)
+    items = [dataset[index] for index in range(len(dataset))]
+    batches = [
+        torch.stack([item["pixel_values"] for item in items[start : start + args.batch_size]])
+        for start in range(0, len(items), args.batch_size)
+    ]
+    worker_counts = sorted({0, args.num_workers})
+    decode = {f"workers_{count}": best_of(args.repeats, decode_only(count)) for count in worker_counts}
+    backends = {}
+    for backend in args.backends:
+        tagger = taggers[backend]
+        model_only(tagger, batches[:1])()  # warm-up (one-time allocations, ONNX Runtime's first run)
+        row = {"model_only": best_of(args.repeats, model_only(tagger, batches))}
+        for count in worker_counts:
+            row[f"end_to_end_workers_{count}"] = best_of(args.repeats, end_to_end(tagger, count))
+        decode_limit = decode[f"workers_{args.num_workers}"]["best"]
+        limit = min(decode_limit, row["model_only"]["best"])
+        best_end_to_end = row[f"end_to_end_workers_{args.num_workers}"]["best"]
+        row["limit_img_s"] = limit
+        row["end_to_end_vs_limit"] = best_end_to_end / limit
+        row["end_to_end_vs_workers_0"] = best_end_to_end / row["end_to_end_workers_0"]["best"]
+        backends[backend] = row
+    serving = {}
+    if args.clients:
+        for backend in args.serving_backends:
+            serving[backend] = tagger_load(model_folder, backend, args.clients, args.repeats)
+
+    rows = []
+    for backend, row in backends.items():
+        rows.append({
+            "backend": backend,
+            "end_to_end_w0": row["end_to_end_workers_0"]["best"],
+            f"end_to_end_w{args.num_workers}": row[f"end_to_end_workers_{args.num_workers}"]["best"],
+            "model_only": row["model_only"]["best"],
+            f"decode_only_w{args.num_workers}": decode[f"workers_{args.num_workers}"]["best"],
+            "e2e/limit": row["end_to_end_vs_limit"],
+        })  # fmt: skip
+    columns = list(rows[0])
+    print_table(
+        f"tagging {len(paths)} {PHONE_PHOTO_SIZE[0]}x{PHONE_PHOTO_SIZE[1]} JPEGs with {model_folder}, batch "
+        f"{args.batch_size}, images/s (best of {args.repeats}; load average {load_average()})",
+        rows,
+        columns,
+    )
+    payload = {
+        "benchmark": "tagging",
+        "config": vars(args),
+        "model": model_folder,
+        "images": folder,
+        "num_images": len(paths),
+        "image_size": list(PHONE_PHOTO_SIZE),
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": platform.processor()},
+        "decode_only": decode,
+        "backends": backends,
+        "tagger_load": serving,
+        "load_average_end": load_average(),
+    }
+    print(json.dumps(payload, indent=2))
+    write_json(args.json, payload)
+    return payload
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # streaming
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -619,6 +832,7 @@ SUBCOMMANDS: Dict[str, Callable[[argparse.Namespace], Dict[str, object]]] = {
     "inference": run_inference,
     "data": run_data,
     "serving": run_serving,
+    "tagging": run_tagging,
     "streaming": run_streaming,
 }
 
@@ -626,7 +840,9 @@ SUBCOMMANDS: Dict[str, Callable[[argparse.Namespace], Dict[str, object]]] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", metavar="FILE", default=None, help="also write the results to this JSON file")
+    common.add_argument(
+        "--json", "--output", dest="json", metavar="FILE", default=None, help="also write the results to this JSON file"
+    )
     common.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     subparsers = parser.add_subparsers(dest="command", required=True)
 
@@ -673,6 +889,25 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--batch-size", type=int, default=64)
     serving.add_argument("--warmup", type=int, default=2)
     serving.add_argument("--min-seconds", type=float, default=10.0, help="time each batch size at least this long")
+
+    tagging = subparsers.add_parser(
+        "tagging", parents=[common], help="predict.py's path on 12 MP JPEGs vs its decode and model limits; tagger load"
+    )
+    tagging.add_argument("--model", default=None, help="model folder (default: runs/demo/model, else a demo-sized one)")
+    tagging.add_argument("--num-images", type=int, default=32, help="12 MP JPEGs to tag")
+    tagging.add_argument("--seed", type=int, default=0, help="seed of the generated JPEGs")
+    tagging.add_argument(
+        "--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "sadcl_hf", "benchmark"),
+        help="where the JPEGs (and the demo-sized model, when built) are written once",
+    )  # fmt: skip
+    tagging.add_argument("--batch-size", type=int, default=16)
+    tagging.add_argument("--num-workers", type=int, default=2, help="predict.py --num-workers (also timed with 0)")
+    tagging.add_argument("--backends", nargs="+", choices=TAGGING_BACKENDS, default=list(TAGGING_BACKENDS))
+    tagging.add_argument("--repeats", type=int, default=3, help="runs of each measurement; the best is reported")
+    tagging.add_argument(
+        "--clients", type=int, nargs="*", default=[1, 16], help="concurrent tagger clients (none: skip the tagger)"
+    )
+    tagging.add_argument("--serving-backends", nargs="+", choices=TAGGING_BACKENDS, default=["pytorch"])
 
     streaming = subparsers.add_parser("streaming", parents=[common], help="RSS over a streamed training run")
     streaming.add_argument("--num-images", type=int, default=4000, help="digits-mosaic training images in the shards")
