@@ -8,7 +8,10 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 
-__all__ = ["COCO_LABELS", "SADCL_PRESETS", "SADCLConfig"]
+__all__ = ["COCO_LABELS", "SADCL_PRESETS", "SADCLConfig", "SSCL_MODES"]
+
+SSCL_MODES = ("reference", "corrected")
+"""How SSCL contrasts its positives: as the released code (the paper's numbers) or as the paper's equation."""
 
 # The 80 MS-COCO categories in the benchmark's standard order (ascending category id).
 COCO_LABELS = [
@@ -111,9 +114,7 @@ class SADCLConfig(PreTrainedConfig):
         "label_features",
         "projected_label_features",
         "attentions",
-        "asl_loss",
-        "sscl_loss",
-        "pscl_loss",
+        "loss_terms",
     ]
 
     backbone: str = "resnet101.tv_in1k"
@@ -179,8 +180,8 @@ class SADCLConfig(PreTrainedConfig):
             )
         if self.objective not in ("sadcl", "asl"):
             raise ValueError(f"objective must be 'sadcl' or 'asl', got {self.objective!r}")
-        if self.sscl_mode not in ("reference", "corrected"):
-            raise ValueError(f"sscl_mode must be 'reference' or 'corrected', got {self.sscl_mode!r}")
+        if self.sscl_mode not in SSCL_MODES:
+            raise ValueError(f"sscl_mode must be one of {SSCL_MODES}, got {self.sscl_mode!r}")
         if self.thresholds is not None and len(self.thresholds) != self.num_labels:
             raise ValueError(
                 f"thresholds has {len(self.thresholds)} entries but the model has {self.num_labels} labels"

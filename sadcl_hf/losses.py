@@ -24,21 +24,22 @@ cosine similarity): callers must not (and need not) normalise beforehand.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configuration_sadcl import SADCLConfig
+from .configuration_sadcl import SSCL_MODES, SADCLConfig
 
 __all__ = [
     "AsymmetricLoss",
-    "CorrectedSampleToSampleContrastiveLoss",
     "LOSS_COMPONENTS",
+    "LOSS_TERMS",
+    "LossTerm",
     "PrototypeToSampleContrastiveLoss",
-    "ReferenceSampleToSampleContrastiveLoss",
     "SADCLLoss",
     "SADCLLossOutput",
     "SampleToSampleContrastiveLoss",
@@ -71,7 +72,40 @@ def _check_labels(labels: torch.Tensor, batch_size: int, num_labels: int, name: 
         )
 
 
-class AsymmetricLoss(nn.Module):
+class LossTerm(nn.Module):
+    """A term of the SADCL objective (eq. 12). A subclass and its entry in `LOSS_TERMS` are all a new term needs:
+
+    * `name`: the term's key in `SADCLLossOutput.terms`, `SADCLImageClassifierOutput.loss_terms` and the training
+      logs; its constructor arguments are read from the config fields `{name}_{argument}` and its weight from
+      `{name}_weight` (1 where the config has no such field);
+    * `inputs`: the tensors of `SADCLLoss.forward` it reads; the term is computed when all of them are given;
+    * `contrastive`: its inputs are gathered over processes with `gather_across_processes` (the contrastive terms
+      contrast the global batch; the classification loss stays per process);
+    * `loss_from_inputs(inputs)`: the scalar loss from those tensors.
+    """
+
+    name: ClassVar[str] = ""
+    inputs: ClassVar[tuple[str, ...]] = ()
+    contrastive: ClassVar[bool] = False
+
+    def loss_from_inputs(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: Any) -> "LossTerm":
+        """The term with each constructor argument `x` taken from `config.{name}_x` where the config has it."""
+        arguments = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+        values = {arg: getattr(config, f"{cls.name}_{arg}") for arg in arguments if hasattr(config, f"{cls.name}_{arg}")}
+        return cls(**values)
+
+    @classmethod
+    def default_weight(cls) -> float:
+        """`SADCLConfig`'s `{name}_weight` default, or 1."""
+        fields = SADCLConfig.__dataclass_fields__
+        return float(fields[f"{cls.name}_weight"].default) if f"{cls.name}_weight" in fields else 1.0
+
+
+class AsymmetricLoss(LossTerm):
     r"""Asymmetric loss (ASL, Ridnik et al. 2021) with the scaling of the SADCL release.
 
     Per element, with :math:`p = \sigma(x)` and :math:`p_m = \min(1 - p + \text{clip}, 1)`,
@@ -97,6 +131,9 @@ class AsymmetricLoss(nn.Module):
             ``disable_torch_grad_focal_loss=False``). Off by default, as in the released configuration.
     """
 
+    name = "asl"
+    inputs = ("logits", "labels")
+
     def __init__(
         self,
         gamma_neg: float = _config_default("asl_gamma_neg"),
@@ -121,6 +158,9 @@ class AsymmetricLoss(nn.Module):
             f"gamma_neg={self.gamma_neg}, gamma_pos={self.gamma_pos}, clip={self.clip}, eps={self.eps}, "
             f"focal_weight_grad={self.focal_weight_grad}"
         )
+
+    def loss_from_inputs(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self(inputs["logits"], inputs["labels"])
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """
@@ -164,7 +204,7 @@ class AsymmetricLoss(nn.Module):
             return -loss.sum() / logits.shape[0] / logits.shape[1] * 1000
 
 
-class SampleToSampleContrastiveLoss(nn.Module):
+class SampleToSampleContrastiveLoss(LossTerm):
     r"""Sample-to-sample contrastive loss (SSCL), the label-level supervised contrastive loss of SADCL (Eq. 5-6).
 
     Anchors are the positive label-level features :math:`z_{ij}` (view ``v``, sample ``b``, class ``c`` with
@@ -176,12 +216,11 @@ class SampleToSampleContrastiveLoss(nn.Module):
         \mathcal{L}_i = -\frac{\tau}{\tau_b} \frac{1}{|P(i)|} \sum_{p \in P(i)}
             \Big(s_{ip} - \log \sum_{a \in A(i)} e^{s_{ia}}\Big).
 
-    `SampleToSampleContrastiveLoss(mode=...)` builds one of two losses that share this class's gathering of the
-    positive features:
+    `mode` chooses how the gathered positive features are contrasted:
 
-    * ``"reference"`` -> :class:`ReferenceSampleToSampleContrastiveLoss`, the released ``MultiSupConLoss`` (what
-      produced the paper's numbers);
-    * ``"corrected"`` -> :class:`CorrectedSampleToSampleContrastiveLoss`, the equation above exactly.
+    * ``"reference"``: as the released ``MultiSupConLoss`` (what produced the paper's numbers), see
+      [`_reference_contrast`];
+    * ``"corrected"``: the equation above exactly, see [`_corrected_contrast`].
 
     Only the positive features are gathered, so time and memory grow with the number of positive labels ``n`` as
     ``O((num_views * n) ** 2 * dim)`` instead of ``O((batch_size * num_views * num_labels) ** 2)``.
@@ -189,28 +228,23 @@ class SampleToSampleContrastiveLoss(nn.Module):
     Args:
         temperature: :math:`\tau`.
         base_temperature: :math:`\tau_b`.
-        mode: ``"reference"`` or ``"corrected"``; a subclass accepts only its own.
+        mode: one of `SSCL_MODES` (``"reference"`` or ``"corrected"``).
     """
 
-    mode: str = ""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> "SampleToSampleContrastiveLoss":
-        if cls is SampleToSampleContrastiveLoss:
-            mode = kwargs.get("mode", args[2] if len(args) > 2 else _config_default("sscl_mode"))
-            if mode not in _SSCL_CLASSES:
-                raise ValueError(f"SampleToSampleContrastiveLoss: `mode` must be one of {SSCL_MODES}, got {mode!r}.")
-            cls = _SSCL_CLASSES[mode]
-        return super().__new__(cls)
+    name = "sscl"
+    inputs = ("projected_label_features", "projected_memory_bank", "labels")
+    contrastive = True
 
     def __init__(
         self,
         temperature: float = _config_default("sscl_temperature"),
         base_temperature: float = _config_default("sscl_base_temperature"),
-        mode: str | None = None,
+        mode: str = _config_default("sscl_mode"),
     ) -> None:
         super().__init__()
-        if mode is not None and mode != self.mode:
-            raise ValueError(f"{type(self).__name__}: `mode` must be {self.mode!r}, got {mode!r}.")
+        if mode not in _SSCL_CONTRASTS:
+            raise ValueError(f"SampleToSampleContrastiveLoss: `mode` must be one of {SSCL_MODES}, got {mode!r}.")
+        self.mode = mode
         if temperature <= 0 or base_temperature <= 0:
             raise ValueError(
                 "SampleToSampleContrastiveLoss: `temperature` and `base_temperature` must be > 0, "
@@ -289,8 +323,12 @@ class SampleToSampleContrastiveLoss(nn.Module):
             return self.contrast(rows)
 
     def contrast(self, rows: "_PositiveRows") -> torch.Tensor:
-        """The loss over the gathered, L2-normalised positive rows."""
-        raise NotImplementedError
+        """The loss over the gathered, L2-normalised positive rows, as `mode` computes it."""
+        return _SSCL_CONTRASTS[self.mode](rows, self.temperature, self.base_temperature)
+
+    def loss_from_inputs(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        views = [inputs["projected_label_features"], inputs["projected_memory_bank"]]
+        return self.forward_views(views, inputs["labels"])
 
 
 @dataclass
@@ -314,26 +352,25 @@ class _PositiveRows:
         return self_mask, same_class
 
 
-class CorrectedSampleToSampleContrastiveLoss(SampleToSampleContrastiveLoss):
+def _corrected_contrast(rows: _PositiveRows, temperature: float, base_temperature: float) -> torch.Tensor:
     """SSCL as the paper's equation: every positive feature is an anchor, exact log-sum-exp, no `eps`, no offsets;
     the mean over the anchors with a non-empty :math:`P(i)` (all of them when `num_views >= 2`)."""
-
-    mode = "corrected"
-
-    def contrast(self, rows: _PositiveRows) -> torch.Tensor:
-        self_mask, same_class = rows.same_class_pairs()
-        num_positive_pairs = same_class.sum(1)
-        anchors = num_positive_pairs > 0
-        # Only rows with a non-empty P(i) are anchors; their A(i) is then non-empty too.
-        similarity = rows.embeddings[anchors] @ rows.embeddings.T / self.temperature  # [A, N]
-        same_class = same_class[anchors]
-        log_denominator = torch.logsumexp(similarity.masked_fill(self_mask[anchors], float("-inf")), dim=1)
-        mean_positive = (similarity * same_class).sum(1) / num_positive_pairs[anchors]
-        anchor_losses = -(self.temperature / self.base_temperature) * (mean_positive - log_denominator)
-        return anchor_losses.sum() / anchors.sum().clamp(min=1)
+    self_mask, same_class = rows.same_class_pairs()
+    num_positive_pairs = same_class.sum(1)
+    anchors = num_positive_pairs > 0
+    # Only rows with a non-empty P(i) are anchors; their A(i) is then non-empty too.
+    similarity = rows.embeddings[anchors] @ rows.embeddings.T / temperature  # [A, N]
+    same_class = same_class[anchors]
+    log_denominator = torch.logsumexp(similarity.masked_fill(self_mask[anchors], float("-inf")), dim=1)
+    mean_positive = (similarity * same_class).sum(1) / num_positive_pairs[anchors]
+    anchor_losses = -(temperature / base_temperature) * (mean_positive - log_denominator)
+    return anchor_losses.sum() / anchors.sum().clamp(min=1)
 
 
-class ReferenceSampleToSampleContrastiveLoss(SampleToSampleContrastiveLoss):
+_REFERENCE_EPS = 1e-5
+
+
+def _reference_contrast(rows: _PositiveRows, temperature: float, base_temperature: float) -> torch.Tensor:
     """SSCL as the released `MultiSupConLoss` computes it (value and gradient).
 
     Its label mask is flattened sample-major while the anchors are ordered view-major, so anchor ``(v, b, c)`` only
@@ -342,57 +379,50 @@ class ReferenceSampleToSampleContrastiveLoss(SampleToSampleContrastiveLoss):
     similarities of the same pair of rows, the denominator the detached row maximum (both including the zeros of
     masked entries), and the denominator carries ``+ 1e-5`` inside the logarithm.
     """
+    batch_size = rows.positive.shape[0]
+    # Row of the release's [V * bs, nc, dim] contrast tensor; anchor (v, b, c) needs labels[row // V, c] too.
+    contrast_row = rows.view_index * batch_size + rows.sample_index
+    anchors = rows.positive[contrast_row // rows.num_views, rows.class_index]
+    similarity = rows.embeddings @ rows.embeddings.T / temperature  # [N, N], all positive rows
+    self_mask, same_class = rows.same_class_pairs()
+    with torch.no_grad():
+        # Denominator offset: row max over the masked similarities (masked entries, e.g. the diagonal, are 0).
+        denominator_offset = similarity.detach().masked_fill(self_mask, 0.0).amax(1).clamp(min=0.0)
+        numerator_offset = _reference_numerator_offset(rows, similarity.detach(), same_class, contrast_row)
 
-    mode = "reference"
-    reference_eps = 1e-5
-
-    def contrast(self, rows: _PositiveRows) -> torch.Tensor:
-        batch_size = rows.positive.shape[0]
-        # Row of the release's [V * bs, nc, dim] contrast tensor; anchor (v, b, c) needs labels[row // V, c] too.
-        contrast_row = rows.view_index * batch_size + rows.sample_index
-        anchors = rows.positive[contrast_row // rows.num_views, rows.class_index]
-        similarity = rows.embeddings @ rows.embeddings.T / self.temperature  # [N, N], all positive rows
-        self_mask, same_class = rows.same_class_pairs()
-        with torch.no_grad():
-            # Denominator offset: row max over the masked similarities (masked entries, e.g. the diagonal, are 0).
-            denominator_offset = similarity.detach().masked_fill(self_mask, 0.0).amax(1).clamp(min=0.0)
-            numerator_offset = self._numerator_offset(rows, similarity.detach(), same_class, contrast_row)
-
-        similarity = similarity[anchors]
-        same_class = same_class[anchors]
-        exp_sum = torch.exp(similarity - denominator_offset[anchors, None]).masked_fill(self_mask[anchors], 0.0).sum(1)
-        exp_sum = torch.where(exp_sum > 0, exp_sum, torch.ones_like(exp_sum))
-        log_denominator = torch.log(exp_sum + self.reference_eps)
-        num_positive_pairs = same_class.sum(1)
-        numerator = ((similarity - numerator_offset[anchors]) * same_class).sum(1)
-        mean_log_prob = (numerator - num_positive_pairs * log_denominator) / num_positive_pairs.clamp(min=1)
-        anchor_losses = -(self.temperature / self.base_temperature) * mean_log_prob
-        return anchor_losses.sum() / max(rows.embeddings.shape[0], 1)
-
-    @staticmethod
-    def _numerator_offset(
-        rows: _PositiveRows, similarity: torch.Tensor, same_class: torch.Tensor, contrast_row: torch.Tensor
-    ) -> torch.Tensor:
-        """`[N, N]` offset of pair (i, j): the max over classes of the masked intra-class similarity of their two
-        contrast rows, i.e. over their common positive classes, plus a 0 when some class is not common."""
-        batch_size, num_labels = rows.positive.shape
-        num_contrast_rows = rows.num_views * batch_size
-        pair_key = contrast_row[:, None] * num_contrast_rows + contrast_row[None, :]
-        pair_max = similarity.new_full((num_contrast_rows * num_contrast_rows,), float("-inf"))
-        pair_max.scatter_reduce_(0, pair_key[same_class], similarity[same_class], reduce="amax")
-        positive_float = rows.positive.to(similarity.dtype)
-        common_classes = positive_float @ positive_float.T  # [bs, bs]
-        has_masked_class = common_classes[rows.sample_index[:, None], rows.sample_index[None, :]] < num_labels
-        offset = pair_max[pair_key]
-        offset = torch.where(has_masked_class, offset.clamp(min=0.0), offset)
-        return offset.masked_fill(~same_class, 0.0)
+    similarity = similarity[anchors]
+    same_class = same_class[anchors]
+    exp_sum = torch.exp(similarity - denominator_offset[anchors, None]).masked_fill(self_mask[anchors], 0.0).sum(1)
+    exp_sum = torch.where(exp_sum > 0, exp_sum, torch.ones_like(exp_sum))
+    log_denominator = torch.log(exp_sum + _REFERENCE_EPS)
+    num_positive_pairs = same_class.sum(1)
+    numerator = ((similarity - numerator_offset[anchors]) * same_class).sum(1)
+    mean_log_prob = (numerator - num_positive_pairs * log_denominator) / num_positive_pairs.clamp(min=1)
+    anchor_losses = -(temperature / base_temperature) * mean_log_prob
+    return anchor_losses.sum() / max(rows.embeddings.shape[0], 1)
 
 
-_SSCL_CLASSES = {
-    "reference": ReferenceSampleToSampleContrastiveLoss,
-    "corrected": CorrectedSampleToSampleContrastiveLoss,
-}
-SSCL_MODES = tuple(_SSCL_CLASSES)
+def _reference_numerator_offset(
+    rows: _PositiveRows, similarity: torch.Tensor, same_class: torch.Tensor, contrast_row: torch.Tensor
+) -> torch.Tensor:
+    """`[N, N]` offset of pair (i, j): the max over classes of the masked intra-class similarity of their two
+    contrast rows, i.e. over their common positive classes, plus a 0 when some class is not common."""
+    batch_size, num_labels = rows.positive.shape
+    num_contrast_rows = rows.num_views * batch_size
+    pair_key = contrast_row[:, None] * num_contrast_rows + contrast_row[None, :]
+    pair_max = similarity.new_full((num_contrast_rows * num_contrast_rows,), float("-inf"))
+    pair_max.scatter_reduce_(0, pair_key[same_class], similarity[same_class], reduce="amax")
+    positive_float = rows.positive.to(similarity.dtype)
+    common_classes = positive_float @ positive_float.T  # [bs, bs]
+    has_masked_class = common_classes[rows.sample_index[:, None], rows.sample_index[None, :]] < num_labels
+    offset = pair_max[pair_key]
+    offset = torch.where(has_masked_class, offset.clamp(min=0.0), offset)
+    return offset.masked_fill(~same_class, 0.0)
+
+
+_SSCL_CONTRASTS = {"reference": _reference_contrast, "corrected": _corrected_contrast}
+if tuple(_SSCL_CONTRASTS) != SSCL_MODES:
+    raise ImportError(f"SSCL contrasts {tuple(_SSCL_CONTRASTS)} do not match SADCLConfig's SSCL_MODES {SSCL_MODES}")
 
 
 class _PrototypeCosineSimilarity(torch.autograd.Function):
@@ -427,7 +457,7 @@ class _PrototypeCosineSimilarity(torch.autograd.Function):
         return grad_embeddings, grad_prototypes
 
 
-class PrototypeToSampleContrastiveLoss(nn.Module):
+class PrototypeToSampleContrastiveLoss(LossTerm):
     r"""Prototype-to-sample contrastive loss (PSCL, Eq. 7-8 of the paper), cosine metric.
 
     With :math:`s_{bc} = \cos(z_{bc}, p_c) / \tau` between the label-level feature of sample ``b`` for class ``c``
@@ -445,6 +475,10 @@ class PrototypeToSampleContrastiveLoss(nn.Module):
         temperature: :math:`\tau`.
     """
 
+    name = "pscl"
+    inputs = ("projected_label_features", "projected_prototypes", "labels")
+    contrastive = True
+
     def __init__(self, temperature: float = _config_default("pscl_temperature")) -> None:
         super().__init__()
         if temperature <= 0:
@@ -453,6 +487,9 @@ class PrototypeToSampleContrastiveLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
+
+    def loss_from_inputs(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self(inputs["projected_label_features"], inputs["projected_prototypes"], inputs["labels"])
 
     def forward(self, embeddings: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """
@@ -497,25 +534,30 @@ class PrototypeToSampleContrastiveLoss(nn.Module):
             )
 
 
-LOSS_COMPONENTS = ("asl", "sscl", "pscl")
-"""The objective's terms: `SADCLLossOutput` fields, `SADCLImageClassifierOutput.{name}_loss`, logged as `{name}`."""
+LOSS_TERMS: dict[str, type[LossTerm]] = {
+    term.name: term for term in (AsymmetricLoss, SampleToSampleContrastiveLoss, PrototypeToSampleContrastiveLoss)
+}
+"""The registry of the objective's terms, by name, in the order they are summed and logged."""
+
+LOSS_COMPONENTS = tuple(LOSS_TERMS)
+"""The terms' names: keys of `SADCLLossOutput.terms` and `SADCLImageClassifierOutput.loss_terms`, logged as such."""
+
+CONTRASTIVE_INPUTS = ("projected_label_features", "projected_memory_bank", "projected_prototypes")
+"""The inputs of the contrastive terms: all given (the SADCL objective) or none (classification loss only)."""
 
 
 @dataclass
 class SADCLLossOutput:
-    """Terms of the SADCL objective (all scalars).
+    """The SADCL objective and its terms.
 
     Args:
-        loss: `asl + sscl_weight * sscl + pscl_weight * pscl` (just `asl` when the contrastive inputs are not given).
-        asl: the asymmetric loss.
-        sscl: the sample-to-sample contrastive loss, or `None`.
-        pscl: the prototype-to-sample contrastive loss, or `None`.
+        loss: `[]` the weighted sum of `terms` (eq. 12: `asl + sscl_weight * sscl + pscl_weight * pscl`).
+        terms: `{name: []}` each computed term, unweighted, in `LOSS_TERMS` order (only `asl` when the contrastive
+            inputs are not given).
     """
 
     loss: torch.Tensor
-    asl: torch.Tensor
-    sscl: Optional[torch.Tensor] = None
-    pscl: Optional[torch.Tensor] = None
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _world_size() -> int:
@@ -541,60 +583,46 @@ def _all_gather_with_gradient(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class SADCLLoss(nn.Module):
-    """The SADCL objective `ASL + sscl_weight * SSCL + pscl_weight * PSCL` (paper: 100 and 50).
+    """The SADCL objective: the weighted sum of its terms (paper, eq. 12: `ASL + 100 * SSCL + 50 * PSCL`).
 
     Args:
-        asl: the classification loss.
-        sscl: the sample-to-sample contrastive loss (defaults to `SampleToSampleContrastiveLoss()`).
-        pscl: the prototype-to-sample contrastive loss (defaults to `PrototypeToSampleContrastiveLoss()`).
-        sscl_weight: weight of SSCL.
-        pscl_weight: weight of PSCL.
-        gather_across_processes: in distributed training, compute SSCL and PSCL over the features of every process
-            (differentiable all-gather; every process must have the same batch size) instead of each process's own
-            batch, as the paper does. With DDP the gradients are those of the contrastive loss over the global batch.
+        terms: `{name: LossTerm}`; default: each class of `LOSS_TERMS` with its default arguments.
+        weights: `{name: weight}`; a term without an entry takes its `LossTerm.default_weight()`.
+        gather_across_processes: in distributed training, compute the contrastive terms over the features of every
+            process (differentiable all-gather; every process must have the same batch size) instead of each
+            process's own batch, as the paper does. With DDP the gradients are those of the contrastive loss over the
+            global batch.
     """
 
     def __init__(
         self,
-        asl: Optional[AsymmetricLoss] = None,
-        sscl: Optional[SampleToSampleContrastiveLoss] = None,
-        pscl: Optional[PrototypeToSampleContrastiveLoss] = None,
-        sscl_weight: float = _config_default("sscl_weight"),
-        pscl_weight: float = _config_default("pscl_weight"),
+        terms: Optional[Mapping[str, LossTerm]] = None,
+        weights: Optional[Mapping[str, float]] = None,
         gather_across_processes: bool = _config_default("gather_contrastive_features"),
     ) -> None:
         super().__init__()
+        terms = dict(terms) if terms is not None else {name: term() for name, term in LOSS_TERMS.items()}
+        unknown = set(weights or {}) - set(terms)
+        if unknown:
+            raise ValueError(f"SADCLLoss: weights given for {sorted(unknown)}, which are not terms {list(terms)}.")
+        self.terms = nn.ModuleDict(terms)
+        self.weights = {name: float((weights or {}).get(name, term.default_weight())) for name, term in terms.items()}
         self.gather_across_processes = gather_across_processes
-        self.asl = asl if asl is not None else AsymmetricLoss()
-        self.sscl = sscl if sscl is not None else SampleToSampleContrastiveLoss()
-        self.pscl = pscl if pscl is not None else PrototypeToSampleContrastiveLoss()
-        self.sscl_weight = sscl_weight
-        self.pscl_weight = pscl_weight
 
     def extra_repr(self) -> str:
-        return f"sscl_weight={self.sscl_weight}, pscl_weight={self.pscl_weight}"
+        return f"weights={self.weights}, gather_across_processes={self.gather_across_processes}"
 
     @classmethod
     def from_config(cls, config: Any) -> "SADCLLoss":
-        """Builds the objective from a `SADCLConfig`'s loss fields (`asl_*`, `sscl_*`, `pscl_*`,
-        `gather_contrastive_features`); a field the object lacks takes `SADCLConfig`'s default."""
-
-        def get(field: str) -> Any:
-            return getattr(config, field, _config_default(field))
-
+        """Every term of `LOSS_TERMS` from a `SADCLConfig`'s fields (`LossTerm.from_config`), weighted by its
+        `{name}_weight`; a field the object lacks takes the default."""
+        weights = {name: getattr(config, f"{name}_weight", term.default_weight()) for name, term in LOSS_TERMS.items()}
         return cls(
-            asl=AsymmetricLoss(
-                gamma_neg=get("asl_gamma_neg"), gamma_pos=get("asl_gamma_pos"), clip=get("asl_clip"), eps=get("asl_eps")
-            ),
-            sscl=SampleToSampleContrastiveLoss(
-                temperature=get("sscl_temperature"),
-                base_temperature=get("sscl_base_temperature"),
-                mode=get("sscl_mode"),
-            ),
-            pscl=PrototypeToSampleContrastiveLoss(temperature=get("pscl_temperature")),
-            sscl_weight=get("sscl_weight"),
-            pscl_weight=get("pscl_weight"),
-            gather_across_processes=get("gather_contrastive_features"),
+            terms={name: term.from_config(config) for name, term in LOSS_TERMS.items()},
+            weights=weights,
+            gather_across_processes=getattr(config, "gather_contrastive_features", _config_default(
+                "gather_contrastive_features"
+            )),
         )
 
     def forward(
@@ -610,29 +638,42 @@ class SADCLLoss(nn.Module):
             logits: `[batch_size, num_labels]` classifier outputs.
             labels: `[batch_size, num_labels]` multi-hot targets.
             projected_label_features: `[batch_size, num_labels, proj_dim]` projected label-level features (SSCL
-                view 0 and the PSCL samples), or `None` for ASL only.
+                view 0 and the PSCL samples), or `None` for the classification loss only.
             projected_memory_bank: `[batch_size, num_labels, proj_dim]` projected memory-bank features (SSCL view 1).
             projected_prototypes: `[num_labels, proj_dim]` projected class prototypes.
         """
-        asl = self.asl(logits, labels)
-        contrastive_inputs = (projected_label_features, projected_memory_bank, projected_prototypes)
-        if all(tensor is None for tensor in contrastive_inputs):
-            return SADCLLossOutput(loss=asl, asl=asl)
-        if any(tensor is None for tensor in contrastive_inputs):
+        inputs = {
+            "logits": logits,
+            "labels": labels,
+            "projected_label_features": projected_label_features,
+            "projected_memory_bank": projected_memory_bank,
+            "projected_prototypes": projected_prototypes,
+        }
+        given = [inputs[name] is not None for name in CONTRASTIVE_INPUTS]
+        if any(given) and not all(given):
             raise ValueError(
-                "SADCLLoss: `projected_label_features`, `projected_memory_bank` and `projected_prototypes` must be "
-                "given together (or all be None for the ASL-only objective)."
+                f"SADCLLoss: {', '.join(f'`{name}`' for name in CONTRASTIVE_INPUTS)} must be given together (or all "
+                "be None for the classification loss only)."
             )
-        if projected_memory_bank.shape != projected_label_features.shape:
+        if all(given) and projected_memory_bank.shape != projected_label_features.shape:
             raise ValueError(
                 "SADCLLoss: `projected_memory_bank` must have the shape of `projected_label_features` "
                 f"{list(projected_label_features.shape)}, got {list(projected_memory_bank.shape)}."
             )
-        if self.gather_across_processes and _world_size() > 1:
-            projected_label_features = _all_gather_with_gradient(projected_label_features)
-            projected_memory_bank = _all_gather_with_gradient(projected_memory_bank)
-            labels = _all_gather_with_gradient(labels.detach())
-        sscl = self.sscl.forward_views([projected_label_features, projected_memory_bank], labels)
-        pscl = self.pscl(projected_label_features, projected_prototypes, labels)
-        loss = asl + self.sscl_weight * sscl + self.pscl_weight * pscl
-        return SADCLLossOutput(loss=loss, asl=asl, sscl=sscl, pscl=pscl)
+        contrastive_inputs = inputs
+        if all(given) and self.gather_across_processes and _world_size() > 1:
+            contrastive_inputs = dict(inputs)
+            contrastive_inputs["projected_label_features"] = _all_gather_with_gradient(projected_label_features)
+            contrastive_inputs["projected_memory_bank"] = _all_gather_with_gradient(projected_memory_bank)
+            contrastive_inputs["labels"] = _all_gather_with_gradient(labels.detach())
+        terms: dict[str, torch.Tensor] = {}
+        loss = None
+        for name, term in self.terms.items():
+            term_inputs = contrastive_inputs if term.contrastive else inputs
+            if any(term_inputs[key] is None for key in term.inputs):
+                continue
+            terms[name] = term.loss_from_inputs(term_inputs)
+            weight = self.weights[name]
+            weighted = terms[name] if weight == 1.0 else weight * terms[name]
+            loss = weighted if loss is None else loss + weighted
+        return SADCLLossOutput(loss=loss, terms=terms)

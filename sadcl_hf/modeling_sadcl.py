@@ -70,7 +70,8 @@ class SADCLImageClassifierOutput(ModelOutput):
         label_features (`torch.FloatTensor` [B, K, D]): label-level features.
         projected_label_features (`torch.FloatTensor` [B, K, P]): label-level features through the projector.
         hidden_states / attentions: see `SADCLModelOutput`.
-        asl_loss / sscl_loss / pscl_loss (`torch.FloatTensor` []): the objective's components, given `labels`.
+        loss_terms (`dict[str, torch.FloatTensor []]`): the objective's terms by name, unweighted, given `labels`
+            (`sadcl_hf.losses.LOSS_TERMS`: `asl`, and `sscl`, `pscl` with the SADCL objective).
     """
 
     loss: torch.FloatTensor | None = None
@@ -79,9 +80,7 @@ class SADCLImageClassifierOutput(ModelOutput):
     projected_label_features: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
-    asl_loss: torch.FloatTensor | None = None
-    sscl_loss: torch.FloatTensor | None = None
-    pscl_loss: torch.FloatTensor | None = None
+    loss_terms: dict[str, torch.FloatTensor] | None = None
 
 
 def _is_meta_init() -> bool:
@@ -578,7 +577,7 @@ class SADCLForImageClassification(SADCLPreTrainedModel):
         logits = self.classifier(label_features)
         projected = self.projector(label_features)
 
-        loss = asl = sscl = pscl = None
+        loss = loss_terms = None
         if labels is not None:
             labels = labels.to(logits.dtype)
             if labels.shape != logits.shape:
@@ -596,7 +595,7 @@ class SADCLForImageClassification(SADCLPreTrainedModel):
                     self.update_memory_bank(label_features, logits, labels)
             else:
                 result = self.criterion(logits, labels)
-            loss, asl, sscl, pscl = result.loss, result.asl, result.sscl, result.pscl
+            loss, loss_terms = result.loss, result.terms
 
         output = SADCLImageClassifierOutput(
             loss=loss,
@@ -605,9 +604,7 @@ class SADCLForImageClassification(SADCLPreTrainedModel):
             projected_label_features=projected,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            asl_loss=asl,
-            sscl_loss=sscl,
-            pscl_loss=pscl,
+            loss_terms=loss_terms,
         )
         return output if return_dict else output.to_tuple()
 

@@ -17,7 +17,6 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .callbacks import CheckpointStateCallback, EMAUpdateCallback, OnlinePrototypeCallback, WeightSyncCheckCallback
 from .evaluation import compute_metrics as multilabel_compute_metrics
-from .losses import LOSS_COMPONENTS
 from .model_card import record_training_summary, save_model_card
 
 __all__ = ["SADCLTrainer", "SADCLTrainingArguments"]
@@ -161,11 +160,9 @@ class SADCLTrainer(Trainer):
         outputs = model(**inputs)
         loss = outputs.loss
         if model.training:
-            for name in LOSS_COMPONENTS:
-                value = outputs.get(f"{name}_loss")
-                if value is not None:
-                    total = self._component_sums.get(name, torch.zeros((), device=value.device))
-                    self._component_sums[name] = total + value.detach().float()
+            for name, value in (outputs.get("loss_terms") or {}).items():
+                total = self._component_sums.get(name, torch.zeros((), device=value.device))
+                self._component_sums[name] = total + value.detach().float()
             self._component_count += 1
             if self.online_prototypes is not None:
                 self.online_prototypes.observe(outputs, inputs["labels"], self.state.global_step)

@@ -27,7 +27,7 @@ def _inputs():
 def _contrastive_loss(criterion, images, bank, labels, projector, prototypes):
     logits = torch.zeros(labels.shape, dtype=torch.float64)
     result = criterion(logits, labels, images @ projector, bank @ projector, prototypes @ projector)
-    return result.loss - result.asl, result
+    return result.loss - result.terms["asl"], result
 
 
 def _worker(rank: int, port: int, output: str) -> None:
@@ -46,7 +46,7 @@ def _worker(rank: int, port: int, output: str) -> None:
             dist.all_reduce(parameter.grad)
             parameter.grad /= WORLD_SIZE
         if rank == 0:
-            torch.save((loss.item(), result.sscl.item(), projector.grad, prototypes.grad), output)
+            torch.save((loss.item(), result.terms["sscl"].item(), projector.grad, prototypes.grad), output)
     finally:
         dist.destroy_process_group()
 
@@ -64,6 +64,6 @@ def test_gathered_contrastive_loss_has_the_global_batch_gradient(tmp_path):
     prototypes.requires_grad_(True)
     expected_loss, expected = _contrastive_loss(SADCLLoss(), images, bank, labels, projector, prototypes)
     expected_loss.backward()
-    assert abs(loss - expected_loss.item()) < 1e-10 and abs(sscl - expected.sscl.item()) < 1e-10
+    assert abs(loss - expected_loss.item()) < 1e-10 and abs(sscl - expected.terms["sscl"].item()) < 1e-10
     torch.testing.assert_close(projector_grad, projector.grad, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(prototypes_grad, prototypes.grad, rtol=1e-9, atol=1e-12)

@@ -417,7 +417,11 @@ def test_losses_compute_in_float32_under_bfloat16_autocast():
     logits = torch.randn(6, 10, generator=generator) * 8
     labels = (torch.rand(6, 10, generator=generator) < 0.3).double()  # the real loader yields float64 labels
     objective = SADCLLoss(
-        AsymmetricLoss(gamma_neg=4, clip=0.05), SampleToSampleContrastiveLoss(), PrototypeToSampleContrastiveLoss()
+        {
+            "asl": AsymmetricLoss(gamma_neg=4, clip=0.05),
+            "sscl": SampleToSampleContrastiveLoss(),
+            "pscl": PrototypeToSampleContrastiveLoss(),
+        }
     )
     expected = objective(logits, labels, label_features, memory_bank, prototypes)
     inputs = [tensor.clone().requires_grad_() for tensor in (logits, label_features, memory_bank, prototypes)]
@@ -425,12 +429,12 @@ def test_losses_compute_in_float32_under_bfloat16_autocast():
         projected = inputs[1] @ torch.eye(16)  # bf16 under autocast, like a projection head's output
         assert projected.dtype == torch.bfloat16
         output = objective(inputs[0], labels, projected, inputs[2], inputs[3])
-    for field in ("loss", "asl", "sscl", "pscl"):
-        value = getattr(output, field)
-        assert value.dtype == torch.float32 and torch.isfinite(value), field
-    torch.testing.assert_close(output.asl, expected.asl)
-    torch.testing.assert_close(output.pscl, expected.pscl, rtol=2e-2, atol=2e-2)  # bf16-rounded features
-    torch.testing.assert_close(output.sscl, expected.sscl, rtol=2e-2, atol=2e-2)
+    for name, value in {"loss": output.loss, **output.terms}.items():
+        assert value.dtype == torch.float32 and torch.isfinite(value), name
+    torch.testing.assert_close(output.terms["asl"], expected.terms["asl"])
+    # bf16-rounded features
+    torch.testing.assert_close(output.terms["pscl"], expected.terms["pscl"], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(output.terms["sscl"], expected.terms["sscl"], rtol=2e-2, atol=2e-2)
     output.loss.backward()
     assert all(torch.isfinite(tensor.grad).all() for tensor in inputs)
 
@@ -464,21 +468,23 @@ def test_sadcl_loss_combines_the_three_terms():
         sscl_base_temperature=0.3, sscl_mode="corrected", pscl_temperature=0.1, sscl_weight=10.0, pscl_weight=5.0,
     )
     objective = SADCLLoss.from_config(config)
-    assert objective.sscl.mode == "corrected" and objective.asl.gamma_neg == 4 and objective.pscl.temperature == 0.1
+    terms = objective.terms
+    assert terms["sscl"].mode == "corrected" and terms["asl"].gamma_neg == 4 and terms["pscl"].temperature == 0.1
     output = objective(logits, labels, label_features, memory_bank, prototypes)
     assert isinstance(output, SADCLLossOutput)
     asl = AsymmetricLoss(4, 0, 0.05, 1e-5)(logits, labels)
     sscl = SampleToSampleContrastiveLoss(0.3, 0.3, "corrected")(torch.stack([label_features, memory_bank], 1), labels)
     pscl = PrototypeToSampleContrastiveLoss(0.1)(label_features, prototypes, labels)
-    torch.testing.assert_close(output.asl, asl)
-    torch.testing.assert_close(output.sscl, sscl)
-    torch.testing.assert_close(output.pscl, pscl)
+    assert list(output.terms) == list(LOSS_COMPONENTS)
+    torch.testing.assert_close(output.terms["asl"], asl)
+    torch.testing.assert_close(output.terms["sscl"], sscl)
+    torch.testing.assert_close(output.terms["pscl"], pscl)
     torch.testing.assert_close(output.loss, asl + 10.0 * sscl + 5.0 * pscl)
 
     paper = SADCLLoss.from_config(SimpleNamespace())
-    assert (paper.sscl_weight, paper.pscl_weight, paper.sscl.mode) == (100.0, 50.0, "reference")
+    assert paper.weights == {"asl": 1.0, "sscl": 100.0, "pscl": 50.0} and paper.terms["sscl"].mode == "reference"
     asl_only = paper(logits, labels)
-    assert asl_only.sscl is None and asl_only.pscl is None and asl_only.loss is asl_only.asl
+    assert list(asl_only.terms) == ["asl"] and asl_only.loss is asl_only.terms["asl"]
     with pytest.raises(ValueError, match="must be given together"):
         paper(logits, labels, label_features, None, prototypes)
 
@@ -505,11 +511,44 @@ def test_confident_positives_need_the_label_and_a_probability_above_the_threshol
     assert confident_positives(logits, labels, threshold=0.0).tolist() == [[True, True, False, True]]
 
 
+def test_a_new_loss_term_is_one_class_and_one_registry_entry(monkeypatch):
+    """A term registered in LOSS_TERMS is built from its `{name}_*` config fields, weighted by `{name}_weight`,
+    returned in the loss output and the model output's `loss_terms`, and logged by the trainer under its name."""
+    from sadcl_hf import SADCLConfig, SADCLForImageClassification
+    from sadcl_hf.losses import LOSS_TERMS, LossTerm
+
+    class LogitNormPenalty(LossTerm):
+        name = "logit_norm"
+        inputs = ("logits",)
+
+        def __init__(self, power: float = 2.0):
+            super().__init__()
+            self.power = power
+
+        def loss_from_inputs(self, inputs):
+            return inputs["logits"].float().abs().pow(self.power).mean()
+
+    monkeypatch.setitem(LOSS_TERMS, "logit_norm", LogitNormPenalty)
+    config = SADCLConfig.from_preset("tiny", num_labels=3, use_pretrained_backbone=False)
+    config.logit_norm_power = 1.0
+    config.logit_norm_weight = 0.5
+    model = SADCLForImageClassification(config).train()
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    output = model(torch.randn(2, 3, 64, 64), labels=labels)
+    assert list(output.loss_terms) == ["asl", "sscl", "pscl", "logit_norm"]
+    assert model.criterion.terms["logit_norm"].power == 1.0
+    torch.testing.assert_close(output.loss_terms["logit_norm"], output.logits.abs().mean())
+    expected = sum(model.criterion.weights[name] * value for name, value in output.loss_terms.items())
+    assert model.criterion.weights["logit_norm"] == 0.5
+    torch.testing.assert_close(output.loss, expected)
+
+
 def test_loss_components_name_the_loss_output_and_the_model_output_fields():
-    import dataclasses
+    from sadcl_hf import SADCLConfig, SADCLForImageClassification
 
-    from sadcl_hf.modeling_sadcl import SADCLImageClassifierOutput
-
-    assert [f.name for f in dataclasses.fields(SADCLLossOutput)] == ["loss", *LOSS_COMPONENTS]
-    model_fields = {f.name for f in dataclasses.fields(SADCLImageClassifierOutput)}
-    assert {f"{name}_loss" for name in LOSS_COMPONENTS} <= model_fields
+    assert LOSS_COMPONENTS == ("asl", "sscl", "pscl")
+    config = SADCLConfig.from_preset("tiny", num_labels=3, use_pretrained_backbone=False)
+    assert "loss_terms" in config.keys_to_ignore_at_inference
+    model = SADCLForImageClassification(config).train()
+    output = model(torch.randn(2, 3, 64, 64), labels=torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]))
+    assert list(output.loss_terms) == list(LOSS_COMPONENTS)

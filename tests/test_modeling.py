@@ -75,7 +75,10 @@ def test_training_forward_returns_objective_and_gradients(tiny_model):
     out = tiny_model(torch.randn(3, 3, 64, 64), labels=labels)
     config = tiny_model.config
     torch.testing.assert_close(
-        out.loss, out.asl_loss + config.sscl_weight * out.sscl_loss + config.pscl_weight * out.pscl_loss
+        out.loss,
+        out.loss_terms["asl"]
+        + config.sscl_weight * out.loss_terms["sscl"]
+        + config.pscl_weight * out.loss_terms["pscl"],
     )
     out.loss.backward()
     assert tiny_model.prototypes.grad is not None and tiny_model.prototypes.grad.abs().sum() > 0
@@ -85,8 +88,8 @@ def test_training_forward_returns_objective_and_gradients(tiny_model):
 def test_asl_objective_ignores_contrastive_terms():
     model = make_tiny_model(objective="asl").train()
     out = model(torch.randn(2, 3, 64, 64), labels=torch.tensor([[1.0, 0, 0, 0, 0], [0, 0, 1, 1, 0]]))
-    assert out.sscl_loss is None and out.pscl_loss is None
-    torch.testing.assert_close(out.loss, out.asl_loss)
+    assert list(out.loss_terms) == ["asl"]
+    torch.testing.assert_close(out.loss, out.loss_terms["asl"])
 
 
 def test_labels_with_wrong_shape_are_rejected(tiny_model):

@@ -318,7 +318,7 @@ class _MicroBatchRecorder(SADCLTrainer):
         bank_before = model.memory_bank.clone()
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
         if model.training:
-            components = {name: outputs[f"{name}_loss"].item() for name in ("asl", "sscl", "pscl")}
+            components = {name: value.item() for name, value in outputs["loss_terms"].items()}
             banks = {"bank_before": bank_before, "bank_after": model.memory_bank.clone()}
             self.micro_batches.append({"loss": loss.item(), **components, **banks})
         return (loss, outputs) if return_outputs else loss
