@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+import math
+import numbers
+from typing import Any, NamedTuple
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
@@ -48,6 +50,93 @@ SADCL_PRESETS: dict[str, dict[str, Any]] = {
         "id2label": {i: str(i) for i in range(10)},
     },
 }
+
+
+class _Range(NamedTuple):
+    """What a numeric config field accepts: an integer or any real number, at least `low` (more than `low` when
+    `low_open`), at most `high`."""
+
+    integer: bool
+    low: float
+    high: float | None = None
+    low_open: bool = False
+
+    def describe(self) -> str:
+        if self.integer and self.low == 1 and self.high is None:
+            return "a positive integer"
+        kind = "an integer" if self.integer else "a number"
+        if self.low == -math.inf:
+            return f"a finite {kind[3:] if self.integer else kind[2:]}"
+        if self.high is not None:
+            return f"{kind} in [{self.low}, {self.high}]"
+        return f"{kind} {'>' if self.low_open else '>='} {self.low}"
+
+    def accepts(self, value: Any) -> bool:
+        kind = numbers.Integral if self.integer else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        return above and (self.high is None or value <= self.high)
+
+
+_PROBABILITY = _Range(integer=False, low=0, high=1)
+_POSITIVE_INT = _Range(integer=True, low=1)
+_NON_NEGATIVE = _Range(integer=False, low=0)
+_POSITIVE = _Range(integer=False, low=0, low_open=True)
+
+# The numeric fields and the values each accepts (checked by `SADCLConfig.validate_architecture`).
+_NUMERIC_FIELDS: dict[str, _Range] = {
+    "backbone_frozen_stages": _Range(integer=True, low=-1),
+    "image_size": _POSITIVE_INT,
+    "hidden_dim": _POSITIVE_INT,
+    "num_encoder_layers": _Range(integer=True, low=0),
+    "num_decoder_layers": _POSITIVE_INT,
+    "num_attention_heads": _POSITIVE_INT,
+    "dim_feedforward": _POSITIVE_INT,
+    "dropout": _PROBABILITY,
+    "projection_dim": _POSITIVE_INT,
+    "asl_gamma_neg": _NON_NEGATIVE,
+    "asl_gamma_pos": _NON_NEGATIVE,
+    "asl_clip": _PROBABILITY,
+    "asl_eps": _NON_NEGATIVE,
+    "sscl_weight": _NON_NEGATIVE,
+    "pscl_weight": _NON_NEGATIVE,
+    "sscl_temperature": _POSITIVE,
+    "sscl_base_temperature": _POSITIVE,
+    "pscl_temperature": _POSITIVE,
+    "memory_bank_threshold": _PROBABILITY,
+    "prototype_threshold": _PROBABILITY,
+    "initializer_range": _NON_NEGATIVE,
+}
+# List fields: (number of entries, or None for one per class; the values each entry accepts).
+_NUMERIC_LIST_FIELDS: dict[str, tuple[int | None, _Range]] = {
+    "thresholds": (None, _PROBABILITY),
+    "image_mean": (3, _Range(integer=False, low=-math.inf)),
+    "image_std": (3, _POSITIVE),
+}
+
+
+def _described(value: Any) -> str:
+    """`'abc' (type str)`: a value and its type, for error messages."""
+    return f"{value!r} (type {type(value).__name__})"
+
+
+def _check_number(name: str, value: Any, expected: _Range) -> None:
+    """Raises `ValueError` "NAME must be <expected>, got VALUE" unless `expected` accepts `value`."""
+    if not expected.accepts(value):
+        raise ValueError(f"{name} must be {expected.describe()}, got {value!r}")
+
+
+def _check_number_list(name: str, value: Any, length: int, expected: _Range) -> None:
+    """Raises `ValueError` naming the field unless `value` is a list of `length` numbers that `expected` accepts."""
+    wanted = f"{name} must be a list of {length} entries, each {expected.describe()}"
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{wanted}; got {_described(value)}")
+    if len(value) != length:
+        raise ValueError(f"{wanted}; got {len(value)} entries: {list(value)!r}")
+    for index, item in enumerate(value):
+        if not expected.accepts(item):
+            raise ValueError(f"{wanted}; entry {index} is {_described(item)}")
 
 
 @strict
@@ -155,6 +244,11 @@ class SADCLConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        if __name__ == "sadcl_hf.configuration_sadcl":
+            # `custom_pipelines` names the checkpoint's image-classification pipeline for remote code; installed,
+            # `import sadcl_hf` registers that pipeline itself, and the entry would make `pipeline()` demand
+            # trust_remote_code=True (sadcl_hf/data/pipeline_image_classification.py).
+            kwargs.pop("custom_pipelines", None)
         if self.problem_type is None:
             self.problem_type = "multi_label_classification"
         if isinstance(self.backbone_config, dict):
@@ -167,6 +261,17 @@ class SADCLConfig(PreTrainedConfig):
     def validate_architecture(self):
         """Checks the fields against each other; raises `ValueError` naming the field."""
         super().validate_architecture()
+        for name, expected in _NUMERIC_FIELDS.items():
+            _check_number(name, getattr(self, name), expected)
+        for name, (length, expected) in _NUMERIC_LIST_FIELDS.items():
+            if getattr(self, name) is not None:
+                _check_number_list(name, getattr(self, name), length or self.num_labels, expected)
+        if self.problem_type not in (None, "multi_label_classification"):
+            raise ValueError(
+                f"problem_type {self.problem_type!r} is not supported: SADCL is a multi-label classifier (one sigmoid "
+                "per class); use problem_type='multi_label_classification' (the default)"
+            )
+        self._check_label_names()
         if self.hidden_dim % self.num_attention_heads != 0:
             raise ValueError(
                 f"hidden_dim ({self.hidden_dim}) must be divisible by num_attention_heads ({self.num_attention_heads})"
@@ -182,14 +287,18 @@ class SADCLConfig(PreTrainedConfig):
             raise ValueError(f"objective must be 'sadcl' or 'asl', got {self.objective!r}")
         if self.sscl_mode not in SSCL_MODES:
             raise ValueError(f"sscl_mode must be one of {SSCL_MODES}, got {self.sscl_mode!r}")
-        if self.thresholds is not None and len(self.thresholds) != self.num_labels:
-            raise ValueError(
-                f"thresholds has {len(self.thresholds)} entries but the model has {self.num_labels} labels"
-            )
-        for name in ("image_mean", "image_std"):
-            value = getattr(self, name)
-            if value is not None and len(value) != 3:
-                raise ValueError(f"{name} must have 3 entries (RGB), got {value}")
+
+    def _check_label_names(self) -> None:
+        """Raises `ValueError` naming a label name that `id2label` gives to more than one class (the scores dict
+        and `label2id` would collapse them)."""
+        indices_by_name: dict[str, list[int]] = {}
+        for index, name in sorted(self.id2label.items()):
+            indices_by_name.setdefault(name, []).append(index)
+        for name, indices in indices_by_name.items():
+            if len(indices) > 1:
+                raise ValueError(
+                    f"id2label gives the name {name!r} to classes {indices}: each class needs its own name"
+                )
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "SADCLConfig":

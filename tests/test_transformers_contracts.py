@@ -12,6 +12,7 @@ import logging
 import pytest
 import timm
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from safetensors.torch import load_file, save_file
 from torch.profiler import ProfilerActivity, profile
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -81,17 +82,78 @@ def test_training_forward_still_reads_and_writes_the_bank():
 # ----------------------------------------------------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("problem_type", ["single_label_classification", "multi_label_classification", "regression"])
-def test_config_keeps_an_explicit_problem_type_through_round_trips(problem_type, tmp_path):
-    config = tiny_config(problem_type=problem_type)
-    assert config.problem_type == problem_type
-    assert SADCLConfig.from_dict(config.to_dict()).problem_type == problem_type
-    assert json.loads(config.to_json_string())["problem_type"] == problem_type
+def test_config_keeps_its_problem_type_through_round_trips(tmp_path):
+    config = tiny_config(problem_type="multi_label_classification")
+    assert SADCLConfig.from_dict(config.to_dict()).problem_type == "multi_label_classification"
+    assert json.loads(config.to_json_string())["problem_type"] == "multi_label_classification"
     config.save_pretrained(tmp_path)
     loaded = SADCLConfig.from_pretrained(tmp_path)
-    assert loaded.problem_type == problem_type
+    assert loaded.problem_type == "multi_label_classification"
     assert loaded.to_dict() == config.to_dict()
     assert tiny_config().problem_type == "multi_label_classification"  # the default when none is given
+    assert SADCLConfig().problem_type == "multi_label_classification"  # transformers builds default configs too
+
+
+def config_error(**fields) -> str:
+    """The one-line reason `SADCLConfig.from_preset("tiny", **fields)` is refused (strict's class validation)."""
+    with pytest.raises(StrictDataclassClassValidationError) as raised:
+        SADCLConfig.from_preset("tiny", **{"id2label": {i: f"class_{i}" for i in range(5)}, **fields})
+    cause = raised.value.__cause__
+    assert isinstance(cause, ValueError)
+    return str(cause)
+
+
+@pytest.mark.parametrize("problem_type", ["single_label_classification", "regression"])
+def test_unsupported_problem_types_are_refused_at_config_time(problem_type, tmp_path):
+    """transformers' `test_problem_types` trains every image classifier with each problem type; SADCL is multi-label
+    only, so the other two are refused when the config is made, saved or loaded, not later in `forward`."""
+    message = config_error(problem_type=problem_type)
+    assert repr(problem_type) in message and "multi_label_classification" in message
+    config = tiny_config()
+    config.problem_type = problem_type
+    with pytest.raises(StrictDataclassClassValidationError, match=problem_type):
+        config.save_pretrained(tmp_path)
+    tiny_config().save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "problem_type": problem_type}))
+    with pytest.raises(StrictDataclassClassValidationError, match=problem_type):
+        SADCLConfig.from_pretrained(tmp_path)
+
+
+def test_duplicate_label_names_are_refused_naming_the_name_and_its_classes():
+    message = config_error(id2label={0: "cat", 1: "dog", 2: "cat", 3: "bird"})
+    assert "'cat'" in message and "[0, 2]" in message
+    with pytest.raises(StrictDataclassClassValidationError, match="'dog'"):
+        SADCLConfig.from_dict({**tiny_config().to_dict(), "id2label": {"0": "dog", "1": "dog"}})
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"hidden_dim": "big"}, "hidden_dim must be a positive integer, got 'big'"),
+        ({"hidden_dim": True}, "hidden_dim must be a positive integer, got True"),
+        ({"num_attention_heads": 0}, "num_attention_heads must be a positive integer, got 0"),
+        ({"image_size": 64.0}, "image_size must be a positive integer, got 64.0"),
+        ({"backbone_frozen_stages": -2}, "backbone_frozen_stages must be an integer >= -1, got -2"),
+        ({"dropout": "0.1"}, "dropout must be a number in [0, 1], got '0.1'"),
+        ({"sscl_temperature": 0.0}, "sscl_temperature must be a number > 0, got 0.0"),
+        ({"memory_bank_threshold": float("nan")}, "memory_bank_threshold must be a number in [0, 1], got nan"),
+        ({"thresholds": "abc"}, "thresholds must be a list of 5 entries, each a number in [0, 1]; got 'abc' (type str)"),
+        ({"thresholds": [0.5] * 4}, "thresholds must be a list of 5 entries, each a number in [0, 1]; got 4 entries"),
+        ({"thresholds": [0.5, 0.5, "x", 0.5, 0.5]}, "entry 2 is 'x' (type str)"),
+        ({"image_std": [0.2, 0.0, 0.2]}, "image_std must be a list of 3 entries, each a number > 0; entry 1 is 0.0"),
+    ],
+)
+def test_field_values_are_checked_with_a_message_naming_the_field(fields, expected):
+    assert expected in config_error(**fields)
+
+
+def test_a_saved_config_with_a_bad_value_is_refused_on_load(tmp_path):
+    tiny_config().save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "hidden_dim": "big"}))
+    with pytest.raises(StrictDataclassClassValidationError, match="hidden_dim must be a positive integer, got 'big'"):
+        SADCLConfig.from_pretrained(tmp_path)
 
 
 def test_config_common_properties():
