@@ -9,6 +9,7 @@ confident positives and learnable class prototypes.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import tempfile
@@ -21,7 +22,8 @@ import torch.nn.functional as F
 from timm.utils.model import freeze, freeze_batch_norm_2d
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoBackbone, AutoModel, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING_NAMES
 from transformers.activations import ACT2FN
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -92,9 +94,11 @@ class SADCLBackbone(nn.Module):
     """A timm or transformers model as a feature extractor: pixel_values [B, 3, H, W] -> feature map [B, C, H/s, W/s].
 
     timm (`config.use_timm_backbone`): `features_only` (last level); channels-last outputs (Swin, ...) are permuted to
-    channels-first. transformers: `AutoModel.from_config(config.backbone_config)`, whose `last_hidden_state` is the
-    feature map (e.g. `CvtModel`). An optional final LayerNorm over the channels (`config.backbone_layer_norm`)
-    follows. BatchNorm is frozen and early stages are frozen as the config says (timm's `freeze` helpers).
+    channels-first. transformers (`config.backbone_config`): the family's `AutoBackbone` where transformers has one
+    (ResNet, ConvNeXt(V2), Swin, DINOv2, ...: DETR's pattern), whose last `feature_maps` entry [B, C, h, w] is the
+    feature map; otherwise `AutoModel`, whose `last_hidden_state` [B, C, h, w] is (Query2Label's `CvtModel`). An
+    optional final LayerNorm over the channels (`config.backbone_layer_norm`) follows. BatchNorm is frozen and early
+    stages are frozen as the config says (timm's `freeze` helpers).
     """
 
     def __init__(self, config: SADCLConfig):
@@ -113,7 +117,11 @@ class SADCLBackbone(nn.Module):
             self.channels_last = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
         else:
             self.body = self._transformers_body(config, pretrained)
-            self.num_channels, self.reduction = self._transformers_feature_info(config.backbone_config)
+            if self.is_transformers_backbone:
+                self.num_channels = int(self.body.channels[-1])
+                self._probe_size = config.image_size
+            else:
+                self.num_channels, self.reduction = self._transformers_feature_info(config.backbone_config)
             self.channels_last = False
         self.norm = nn.LayerNorm(self.num_channels, eps=1e-5) if config.backbone_layer_norm else None
         if config.freeze_backbone_batch_norm:
@@ -128,11 +136,21 @@ class SADCLBackbone(nn.Module):
             for tensor in itertools.chain(self.body.parameters(), self.body.buffers()):
                 tensor._is_hf_initialized = True
 
+    @property
+    def is_transformers_backbone(self) -> bool:
+        """The body is a transformers `AutoBackbone` (it returns `feature_maps`)."""
+        return hasattr(self.body, "channels") and hasattr(self.body, "out_features")
+
     @staticmethod
     def _transformers_body(config: SADCLConfig, pretrained: bool) -> nn.Module:
-        """`AutoModel` for `config.backbone_config`; its `nn.GELU` activations become `backbone_config.hidden_act`
-        when that is set (Query2Label's CvT uses QuickGELU, x * sigmoid(1.702 x), which `CvtModel` hard-codes as
-        GELU)."""
+        """`AutoBackbone` for `config.backbone_config` when its family has one, else `AutoModel`; an `AutoModel`'s
+        `nn.GELU` activations become `backbone_config.hidden_act` when that is set (Query2Label's CvT uses QuickGELU,
+        x * sigmoid(1.702 x), which `CvtModel` hard-codes as GELU)."""
+        backbone_config = config.backbone_config
+        if backbone_config.model_type in MODEL_FOR_BACKBONE_MAPPING_NAMES:
+            if pretrained:
+                return AutoBackbone.from_pretrained(config.backbone, config=backbone_config)
+            return AutoBackbone.from_config(backbone_config)
         if pretrained:
             body = AutoModel.from_pretrained(config.backbone, config=config.backbone_config)
         else:
@@ -156,6 +174,17 @@ class SADCLBackbone(nn.Module):
             )
         return int(widths[-1]), math.prod(getattr(backbone_config, "patch_stride", None) or (32,))
 
+    @functools.cached_property
+    def reduction(self) -> int:
+        """The stride of the feature map. An `AutoBackbone` does not record it: it is measured once, on a blank
+        `config.image_size` image (timm and `AutoModel` bodies set it from their feature info at construction)."""
+        size = self._probe_size
+        parameter = next(self.body.parameters())
+        with torch.no_grad():
+            blank = torch.zeros(1, 3, size, size, device=parameter.device, dtype=parameter.dtype)
+            height = self.body(blank).feature_maps[-1].shape[-2]
+        return max(1, round(size / height))
+
     def _frozen_children(self, level: int) -> list[str]:
         """Names of the top-level backbone modules up to and including feature level `level`."""
         info = self.body.feature_info.info
@@ -172,7 +201,9 @@ class SADCLBackbone(nn.Module):
         )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.body, PreTrainedModel):
+        if self.is_transformers_backbone:
+            feature_map = self.body(pixel_values, return_dict=True).feature_maps[-1]
+        elif isinstance(self.body, PreTrainedModel):
             feature_map = self.body(pixel_values, return_dict=True).last_hidden_state
         else:
             feature_map = self.body(pixel_values)[-1]
