@@ -11,11 +11,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 import yaml
 from transformers import EarlyStoppingCallback, HfArgumentParser, TrainerCallback, set_seed
 
-from .configuration_sadcl import SADCLConfig
+from .configuration_sadcl import SADCL_PRESETS, SADCLConfig
 from .data import (
     DEFAULT_CROP_SCALES,
     MultiLabelCollator,
@@ -23,6 +24,7 @@ from .data import (
     dataset_info,
     dataset_label_names,
     load_multilabel_dataset,
+    read_unreadable_list,
 )
 from .data.streaming import load_streaming_dataset
 from .image_processing import backbone_normalization, eval_collator_for_config, image_processor_for_config
@@ -34,6 +36,7 @@ __all__ = [
     "DataArguments",
     "ModelArguments",
     "STAGES",
+    "build_argument_parser",
     "build_model",
     "default_splits",
     "load_split",
@@ -43,8 +46,12 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+# The Trainer's logs for `train.log` only: its progress callback already prints each of them to the console.
+log_history_logger = logging.getLogger(f"{__name__}.log_history")
+log_history_logger.propagate = False
 
 STAGES = ("baseline", "sadcl", "single")
+UNREADABLE_IMAGES_FILE = "unreadable_images.txt"
 
 
 def _json_mapping(value: dict | str | None, name: str) -> dict | None:
@@ -61,19 +68,31 @@ def _json_mapping(value: dict | str | None, name: str) -> dict | None:
 
 @dataclass
 class ModelArguments:
+    _argument_group_name = "SADCL model"
+
     stage: str = field(
         default="single",
         metadata={
+            "choices": STAGES,
             "help": "'baseline': SARL + ASL (stage 1); 'sadcl': full objective from a stage-1 model and its prototypes "
             "(stage 2); 'single': full objective from scratch with online prototypes."
         },
     )
-    preset: str = field(default="paper-r101-448", metadata={"help": "SADCLConfig preset for a new model."})
+    preset: str = field(
+        default="paper-r101-448",
+        metadata={
+            "choices": list(SADCL_PRESETS),
+            "help": "SADCLConfig preset for a new model ('tiny': resnet10t at 64 px, fast on a CPU).",
+        },
+    )
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Start from this sadcl-hf model folder or Hub id (stage 2: the stage-1 model)."}
     )
     backbone: str | None = field(default=None, metadata={"help": "Any timm model name (overrides the preset)."})
-    use_pretrained_backbone: bool | None = field(default=None, metadata={"help": "Load timm ImageNet weights."})
+    use_pretrained_backbone: bool | None = field(
+        default=None,
+        metadata={"help": "Download the backbone's ImageNet weights from the Hub (default: the preset's; 'false': offline)."},
+    )
     image_size: int | None = field(default=None, metadata={"help": "Training and evaluation resolution."})
     sscl_mode: str | None = field(default=None, metadata={"help": "'reference' (paper) or 'corrected'."})
     config_overrides: dict | str | None = field(
@@ -98,6 +117,8 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    _argument_group_name = "data"
+
     dataset: str = field(default="digits-mosaic", metadata={"help": "Dataset name (sadcl_hf.data.DATASET_NAMES)."})
     dataset_root: str | None = field(default=None, metadata={"help": "The dataset's folder as distributed."})
     train_split: str | None = field(default=None, metadata={"help": "Training split (default: the benchmark's)."})
@@ -111,6 +132,15 @@ class DataArguments:
     crop_scales: list[float] = field(
         default_factory=lambda: list(DEFAULT_CROP_SCALES),
         metadata={"help": "Multi-scale crop scales (the paper's 1.0 0.875 0.75 0.66 0.5); 1.0 alone disables it."},
+    )
+    max_unreadable_fraction: float = field(
+        default=0.01,
+        metadata={
+            "help": "Unreadable training images (corrupt, truncated, not an image) are skipped with a warning naming "
+            "each file once, listed in OUTPUT_DIR/unreadable_images.txt and counted in the final metrics "
+            "(train_unreadable_images); one never stops training, but more than this fraction of the images seen "
+            "stops it with an error. 0: stop at the first one."
+        },
     )
     hflip: bool = field(default=True, metadata={"help": "Random horizontal flips."})
     randaugment: bool = field(default=False, metadata={"help": "RandAugment in training."})
@@ -128,11 +158,34 @@ class DataArguments:
         self.dataset_options = _json_mapping(self.dataset_options, "--dataset_options")
 
 
+def build_argument_parser() -> HfArgumentParser:
+    """The parser of `scripts/train.py`. `--help` lists, in this order, the SADCL model options (stage, preset with
+    its choices), the data options, the SADCL training options (`SADCLTrainingArguments`' own fields and paper
+    defaults) and then the inherited `transformers.TrainingArguments`."""
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, SADCLTrainingArguments),
+        usage="scripts/train.py [--config FILE] [--FIELD VALUE ...]",
+        description="Train SADCL. `--config FILE` (YAML/JSON) sets any of the fields below; the command line wins. "
+        f"Presets: {', '.join(SADCL_PRESETS)}.",
+    )
+    sadcl_fields = set(vars(SADCLTrainingArguments)["__annotations__"])
+    sadcl_training = parser.add_argument_group(
+        "SADCL training", "SADCL's additions to transformers.TrainingArguments and the paper's defaults."
+    )
+    for action in [action for action in parser._optionals._group_actions if action.dest in sadcl_fields]:
+        parser._optionals._group_actions.remove(action)
+        sadcl_training._group_actions.append(action)
+    parser._optionals.title = "transformers.TrainingArguments"
+    parser._action_groups.remove(parser._optionals)
+    parser._action_groups.append(parser._optionals)
+    return parser
+
+
 def parse_arguments(argv: list[str] | None = None):
     """(ModelArguments, DataArguments, SADCLTrainingArguments) from `--config FILE` (YAML/JSON) and the command line;
     the command line wins. An unknown field, in the file or on the command line, is an error naming it."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, SADCLTrainingArguments))
+    parser = build_argument_parser()
     if "--config" in argv:
         index = argv.index("--config")
         if index + 1 >= len(argv):
@@ -238,10 +291,12 @@ def run_training(
     package_logger = logging.getLogger("sadcl_hf")
     package_logger.addHandler(log_file)
     package_logger.setLevel(logging.INFO)
+    log_history_logger.addHandler(log_file)
     try:
         return _run_stage(model_args, data_args, training_args, output_dir)
     finally:
         package_logger.removeHandler(log_file)
+        log_history_logger.removeHandler(log_file)
         log_file.close()
 
 
@@ -250,7 +305,7 @@ class _TrainLogCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            logger.info("step %d: %s", state.global_step, json.dumps(logs))
+            log_history_logger.info("step %d: %s", state.global_step, json.dumps(logs))
 
 
 def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[str, Any]:
@@ -289,7 +344,11 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
             randaugment=data_args.randaugment,
             cutout=data_args.cutout,
         ),
+        max_unreadable_fraction=data_args.max_unreadable_fraction,
+        unreadable_list=output_dir / UNREADABLE_IMAGES_FILE,
     )
+    # images decoded by the collator, where an unreadable one can be skipped (decoding in the dataset would raise)
+    train_dataset = train_dataset.cast_column("image", datasets.Image(decode=False))
     image_processor = image_processor_for_config(config)
     eval_collator = eval_collator_for_config(config, image_processor)
 
@@ -318,8 +377,13 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
         callbacks=callbacks,
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    unreadable = read_unreadable_list(output_dir / UNREADABLE_IMAGES_FILE)
+    if unreadable:
+        train_result.metrics["train_unreadable_images"] = len(unreadable)
+        listing = output_dir / UNREADABLE_IMAGES_FILE
+        logger.warning("Skipped %d unreadable training image(s), listed in %s", len(unreadable), listing)
     trainer.save_metrics("train", train_result.metrics)
-    metrics = trainer.evaluate()
+    metrics = _evaluation_of_final_weights(trainer) or trainer.evaluate()
     trainer.save_metrics("eval", metrics)
     trainer.save_final_model(
         output_dir / "model",
@@ -331,6 +395,16 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
     if training_args.should_save:
         (output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=2))
     return {**train_result.metrics, **metrics}
+
+
+def _evaluation_of_final_weights(trainer: SADCLTrainer) -> dict[str, Any]:
+    """The metrics of an evaluation logged at the last training step (`eval_*`, `eval_ema_*`), so that the same
+    weights are not evaluated (and logged) twice; empty when there was none or the best checkpoint was reloaded."""
+    if trainer.args.load_best_model_at_end:
+        return {}
+    final_step = [entry for entry in trainer.state.log_history if entry.get("step") == trainer.state.global_step]
+    metrics = {key: value for entry in final_step for key, value in entry.items() if key.startswith("eval_")}
+    return metrics if "eval_loss" in metrics else {}
 
 
 def _initialise_prototypes(model, model_args, train_dataset, training_args, output_dir: Path) -> None:

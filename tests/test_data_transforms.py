@@ -241,11 +241,12 @@ def test_collator_skips_unreadable_images(tmp_path, caplog):
     with pytest.raises(ImageLoadError, match=r"bad\.jpg"):
         MultiLabelCollator(3)(examples)
     with caplog.at_level(logging.WARNING):
-        batch = MultiLabelCollator(3, skip_unreadable=True)(examples)
-    assert "Skipped 1 unreadable image(s) out of 3" in caplog.text
-    assert torch.equal(batch["labels"], torch.tensor([[1.0, 0, 0], [0, 0, 1.0]]))  # labels stay with their images
-    with pytest.raises(ImageLoadError, match="every image in the batch"):
-        MultiLabelCollator(3, skip_unreadable=True)([examples[1]])
+        batch = MultiLabelCollator(3, max_unreadable_fraction=0.5)(examples)
+    assert f"Skipping unreadable image {bad}" in caplog.text
+    # the unreadable example is replaced by a readable one of the batch, with its labels: the batch keeps its size
+    assert torch.equal(batch["labels"], torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]]))
+    with pytest.raises(ImageLoadError, match="every image of the batch"):
+        MultiLabelCollator(3, max_unreadable_fraction=0.5)([examples[1]])
 
 
 def test_collator_pickles_and_works_with_dataloader_workers(tmp_path):

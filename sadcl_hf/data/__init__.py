@@ -12,7 +12,7 @@ names travel with the data::
 """
 
 from .coco import COCO_SPLITS, load_coco
-from .collator import MultiLabelCollator
+from .collator import MultiLabelCollator, TooManyUnreadableImagesError, read_unreadable_list
 from .common import DatasetLayoutError, dataset_label_names, multilabel_features
 from .digits_mosaic import (
     DIGITS_MOSAIC_SPLITS,
@@ -56,6 +56,7 @@ __all__ = [
     "MultiLabelCollator",
     "MultiScaleCrop",
     "ToNormalizedTensor",
+    "TooManyUnreadableImagesError",
     "build_train_transform",
     "dataset_info",
     "digits_mosaic_cache_path",
@@ -71,4 +72,5 @@ __all__ = [
     "load_vg500",
     "load_voc",
     "multilabel_features",
+    "read_unreadable_list",
 ]

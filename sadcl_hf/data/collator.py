@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import numbers
+import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -14,9 +15,21 @@ from torchvision.transforms import v2
 from .images import ImageLoadError, load_image
 
 
-__all__ = ["MultiLabelCollator"]
+__all__ = ["MultiLabelCollator", "TooManyUnreadableImagesError", "read_unreadable_list"]
 
 logger = logging.getLogger(__name__)
+
+
+class TooManyUnreadableImagesError(RuntimeError):
+    """More than `max_unreadable_fraction` of the images a [`MultiLabelCollator`] saw were unreadable."""
+
+
+def read_unreadable_list(path: Union[str, os.PathLike]) -> list[str]:
+    """The distinct image files recorded in a collator's `unreadable_list` file (empty when it does not exist)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return list(dict.fromkeys(line.rstrip("\n") for line in handle if line.strip()))
 
 
 class MultiLabelCollator:
@@ -28,8 +41,14 @@ class MultiLabelCollator:
     it works with `DataLoader(num_workers > 0)` and with `transformers.Trainer(..., data_collator=collator)` given
     `TrainingArguments(remove_unused_columns=False)`.
 
-    To skip unreadable files at training time, keep the images undecoded so the failure reaches the collator:
-    `dataset.cast_column("image", datasets.Image(decode=False))` with `skip_unreadable=True`.
+    Unreadable images (corrupt, truncated, not an image): with `max_unreadable_fraction=0` the first one raises
+    [`ImageLoadError`]. Above 0, the collator skips them: a warning names each file once (`unreadable_list`, when
+    given, records them for every dataloader worker and process), and the example is replaced by another readable
+    example of the batch (freshly transformed, so with another augmentation), so batches keep their size
+    (`gather_contrastive_features` needs equal batches on every process). A single unreadable file never stops
+    training; from a second one on, [`TooManyUnreadableImagesError`] stops it once more than
+    `max_unreadable_fraction` of the examples this collator has seen were unreadable. The failure only reaches the collator when the images are
+    decoded here: `dataset.cast_column("image", datasets.Image(decode=False))` (as `run_training` does).
 
     Args:
         num_labels: number of classes K.
@@ -38,8 +57,11 @@ class MultiLabelCollator:
             tensor in [0, 1] without resizing (all images of a batch must then share a size).
         image_column: key of the image in each example.
         label_column: key of the class-id list in each example.
-        skip_unreadable: drop examples whose image cannot be loaded (a warning reports how many) instead of raising
-            [`ImageLoadError`].
+        max_unreadable_fraction: the largest fraction of unreadable examples to skip (see above); 0 raises at the
+            first one.
+        unreadable_list: a text file to which each skipped image file is appended (one path per line); shared by
+            dataloader workers and processes, it makes the warnings once per file and gives the run's count
+            ([`read_unreadable_list`]).
     """
 
     def __init__(
@@ -48,22 +70,32 @@ class MultiLabelCollator:
         transform: Optional[Callable[[Any], torch.Tensor]] = None,
         image_column: str = "image",
         label_column: str = "labels",
-        skip_unreadable: bool = False,
+        max_unreadable_fraction: float = 0.0,
+        unreadable_list: Optional[Union[str, os.PathLike]] = None,
     ) -> None:
         if not isinstance(num_labels, numbers.Integral) or num_labels < 1:
             raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}.")
+        if isinstance(max_unreadable_fraction, bool) or not isinstance(max_unreadable_fraction, numbers.Real) or not (
+            0.0 <= max_unreadable_fraction <= 1.0
+        ):
+            raise ValueError(f"max_unreadable_fraction must be a number in [0, 1], got {max_unreadable_fraction!r}.")
         self.num_labels = int(num_labels)
         self.transform = transform if transform is not None else v2.Compose(
             [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
         )
         self.image_column = image_column
         self.label_column = label_column
-        self.skip_unreadable = skip_unreadable
+        self.max_unreadable_fraction = float(max_unreadable_fraction)
+        self.unreadable_list = os.fspath(unreadable_list) if unreadable_list is not None else None
+        self.num_seen = 0
+        self.num_unreadable = 0
+        self.unreadable_files: set[str] = set()
+        self._reserve: Optional[tuple[Any, torch.Tensor]] = None  # a readable (image, target) of an earlier batch
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(num_labels={self.num_labels}, image_column={self.image_column!r}, "
-            f"label_column={self.label_column!r}, skip_unreadable={self.skip_unreadable})"
+            f"label_column={self.label_column!r}, max_unreadable_fraction={self.max_unreadable_fraction})"
         )
 
     def encode_labels(self, label_ids: Any, position: int) -> torch.Tensor:
@@ -91,8 +123,38 @@ class MultiLabelCollator:
             target[int(label_id)] = 1.0
         return target
 
+    def _pixels(self, image: Any) -> torch.Tensor:
+        pixels = self.transform(image)
+        if not isinstance(pixels, torch.Tensor) or pixels.ndim != 3 or pixels.shape[0] != 3:
+            raise ValueError(
+                f"The transform must return a float tensor [3, H, W]; got "
+                f"{tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__}."
+            )
+        return pixels.to(torch.float32)
+
+    def _record_unreadable(self, error: ImageLoadError) -> None:
+        """Counts a skipped example, warns once per file, and stops when too many of the seen ones were unreadable."""
+        self.num_unreadable += 1
+        if error.source not in self.unreadable_files:
+            self.unreadable_files.add(error.source)
+            already_listed = False
+            if self.unreadable_list is not None:
+                already_listed = error.source in read_unreadable_list(self.unreadable_list)
+                if not already_listed:
+                    with open(self.unreadable_list, "a", encoding="utf-8") as handle:
+                        handle.write(error.source + "\n")
+            if not already_listed:
+                logger.warning("Skipping unreadable image %s: %s", error.source, error.reason)
+        if len(self.unreadable_files) > 1 and self.num_unreadable > self.max_unreadable_fraction * self.num_seen:
+            listed = f"; all are listed in {self.unreadable_list}" if self.unreadable_list is not None else ""
+            raise TooManyUnreadableImagesError(
+                f"{self.num_unreadable} of the {self.num_seen} images seen were unreadable, more than "
+                f"max_unreadable_fraction={self.max_unreadable_fraction:g} (latest: {error.source}: {error.reason})"
+                f"{listed}. Fix or remove those files, or raise max_unreadable_fraction."
+            )
+
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        pixel_values, targets, failures = [], [], []
+        images, targets, unreadable_positions = [], [], []
         for position, example in enumerate(examples):
             for column in (self.image_column, self.label_column):
                 if column not in example:
@@ -101,30 +163,31 @@ class MultiLabelCollator:
                         "transformers.Trainer set TrainingArguments(remove_unused_columns=False)."
                     )
             target = self.encode_labels(example[self.label_column], position)
+            self.num_seen += 1
             try:
                 image = load_image(example[self.image_column])
             except ImageLoadError as error:
-                if not self.skip_unreadable:
+                if self.max_unreadable_fraction == 0.0:
                     raise
-                failures.append(error)
+                self._record_unreadable(error)
+                unreadable_positions.append(position)
+                images.append(None)
+                targets.append(None)
                 continue
-            pixels = self.transform(image)
-            if not isinstance(pixels, torch.Tensor) or pixels.ndim != 3 or pixels.shape[0] != 3:
-                raise ValueError(
-                    f"The transform must return a float tensor [3, H, W]; got "
-                    f"{tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__}."
-                )
-            pixel_values.append(pixels.to(torch.float32))
+            images.append(image)
             targets.append(target)
-        if failures:
-            logger.warning(
-                "Skipped %d unreadable image(s) out of %d in a batch, e.g. %s",
-                len(failures),
-                len(examples),
-                failures[0],
+        readable = [(image, target) for image, target in zip(images, targets) if image is not None]
+        if readable:
+            self._reserve = readable[-1]
+        elif self._reserve is not None:
+            readable = [self._reserve]
+        else:
+            raise ImageLoadError(
+                f"<batch of {len(examples)}>", "every image of the batch is unreadable and none was read before"
             )
-        if not pixel_values:
-            raise ImageLoadError(f"<batch of {len(examples)}>", "every image in the batch is unreadable")
+        for count, position in enumerate(unreadable_positions):
+            images[position], targets[position] = readable[count % len(readable)]
+        pixel_values = [self._pixels(image) for image in images]
         shapes = {tuple(pixels.shape) for pixels in pixel_values}
         if len(shapes) > 1:
             raise ValueError(

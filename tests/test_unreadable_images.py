@@ -1,0 +1,127 @@
+"""Unreadable training images: skipped with a warning naming each file once, counted, and a clear stop when too many."""
+
+import json
+import logging
+from pathlib import Path
+
+import datasets
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from sadcl_hf.data import (
+    ImageLoadError,
+    MultiLabelCollator,
+    TooManyUnreadableImagesError,
+    multilabel_features,
+    read_unreadable_list,
+)
+
+from .conftest import run_script
+
+ERROR_NAME = "sadcl_hf.data.collator.TooManyUnreadableImagesError"
+
+
+def write_folder(root: Path, num_train: int, corrupt: set[int]) -> Path:
+    """`root/{train,validation}/metadata.csv` over 16x16 PNGs labelled red/blue; `train/NNNN.png` for `corrupt` are
+    garbage bytes."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", num_train), ("validation", 8)):
+        folder = root / split
+        folder.mkdir(parents=True)
+        rows = ["file_name,labels"]
+        for index in range(count):
+            path = folder / f"{index:04d}.png"
+            if split == "train" and index in corrupt:
+                path.write_bytes(b"\x89PNG this is not an image")
+            else:
+                PIL.Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path)
+            rows.append(f"{path.name},{['red', 'blue', 'red|blue'][index % 3]}")
+        (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def train_arguments(root: Path, output_dir: Path, *extra) -> list:
+    return [
+        "--dataset", "folder", "--dataset_root", root, "--preset", "tiny", "--use_pretrained_backbone", "false",
+        "--stage", "single", "--output_dir", output_dir, "--max_steps", "4", "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "8", "--lr_schedule", "trainer", "--use_cpu", "--dataloader_num_workers", "0",
+        "--dataloader_pin_memory", "false", "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_one_unreadable_image_in_the_middle_does_not_stop_training(tmp_path):
+    root = write_folder(tmp_path / "data", num_train=24, corrupt={12})
+    bad = root / "train" / "0012.png"
+    result = run_script("train", train_arguments(root, tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count(f"Skipping unreadable image {bad}") == 1  # 4 steps x 8 > 24 images: seen twice, warned once
+    assert f"Skipped 1 unreadable training image(s), listed in {tmp_path / 'run' / 'unreadable_images.txt'}" in (
+        result.stderr
+    )
+    assert read_unreadable_list(tmp_path / "run" / "unreadable_images.txt") == [str(bad)]
+    results = json.loads((tmp_path / "run" / "all_results.json").read_text())
+    assert results["train_unreadable_images"] == 1
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_too_many_unreadable_images_stop_with_a_clear_message(tmp_path):
+    root = write_folder(tmp_path / "data", num_train=24, corrupt=set(range(0, 24, 4)))
+    result = run_script("train", train_arguments(root, tmp_path / "run"))
+    assert result.returncode != 0
+    (message,) = [line for line in result.stderr.splitlines() if line.startswith(f"{ERROR_NAME}:")]
+    assert "more than max_unreadable_fraction=0.01" in message and "raise max_unreadable_fraction" in message
+    assert str(root / "train") in message  # names the latest unreadable file
+
+
+def _examples(tmp_path: Path, num_good: int, bad_names: list[str]) -> tuple[list[dict], list[Path]]:
+    good = tmp_path / "good.png"
+    PIL.Image.new("RGB", (6, 6), "blue").save(good)
+    bad_paths = []
+    for name in bad_names:
+        (tmp_path / name).write_bytes(b"not an image")
+        bad_paths.append(tmp_path / name)
+    paths = [str(good)] * num_good + [str(path) for path in bad_paths]
+    dataset = datasets.Dataset.from_dict(
+        {"image": paths, "labels": [[0]] * num_good + [[1]] * len(bad_paths)},
+        features=multilabel_features(["a", "b"]),
+    ).cast_column("image", datasets.Image(decode=False))
+    return [dataset[i] for i in range(len(dataset))], bad_paths
+
+
+def test_collator_warns_once_per_file_across_workers_and_counts(tmp_path, caplog):
+    examples, (bad,) = _examples(tmp_path, num_good=3, bad_names=["bad.jpg"])
+    listing = tmp_path / "unreadable.txt"
+    # two collators sharing the list stand for two dataloader workers (or two epochs with fresh workers)
+    workers = [MultiLabelCollator(2, max_unreadable_fraction=0.5, unreadable_list=listing) for _ in range(2)]
+    with caplog.at_level(logging.WARNING):
+        for collator in workers + workers:
+            batch = collator(examples)
+            assert batch["pixel_values"].shape == (4, 3, 6, 6)
+            assert torch.equal(batch["labels"][3], torch.tensor([1.0, 0.0]))  # a readable example took its place
+    assert caplog.text.count(f"Skipping unreadable image {bad}") == 1
+    assert read_unreadable_list(listing) == [str(bad)]
+    assert (workers[0].num_seen, workers[0].num_unreadable, workers[0].unreadable_files) == (8, 2, {str(bad)})
+
+
+def test_collator_fraction_rule(tmp_path):
+    examples, bad_paths = _examples(tmp_path, num_good=6, bad_names=["x.png", "y.png"])
+    good, (first_bad, second_bad) = examples[:6], examples[6:]
+    collator = MultiLabelCollator(2, max_unreadable_fraction=0.2)
+    collator(good[:1])
+    for _ in range(2):  # one unreadable file never stops training, however often it comes back
+        batch = collator([first_bad])  # an earlier readable example stands in for it
+        assert torch.equal(batch["labels"], torch.tensor([[1.0, 0.0]]))
+    collator(good[1:])
+    with pytest.raises(TooManyUnreadableImagesError, match=r"3 of the 9 images seen were unreadable") as raised:
+        collator([second_bad])  # a second file, and 3 of 9 = 33% > 20%
+    assert str(bad_paths[1]) in str(raised.value)
+    tolerant = MultiLabelCollator(2, max_unreadable_fraction=0.3)
+    tolerant(good + [first_bad, second_bad])  # 2 of 8 = 25% <= 30%
+    assert tolerant.num_unreadable == 2
+    with pytest.raises(ImageLoadError, match=r"x\.png"):
+        MultiLabelCollator(2)(good + [first_bad])  # the default 0: the first unreadable image raises
+    with pytest.raises(ValueError, match="max_unreadable_fraction must be a number in"):
+        MultiLabelCollator(2, max_unreadable_fraction=1.5)
