@@ -57,7 +57,8 @@ def test_one_unreadable_image_in_the_middle_does_not_stop_training(tmp_path):
     bad = root / "train" / "0012.png"
     result = run_script("train", train_arguments(root, tmp_path / "run"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr.count(f"Skipping unreadable image {bad}") == 1  # 4 steps x 8 > 24 images: seen twice, warned once
+    # 4 steps x 8 > 24 images: the file comes twice, is warned about once
+    assert result.stderr.count(f"Skipping unreadable image {bad}") == 1
     assert f"Skipped 1 unreadable training image(s), listed in {tmp_path / 'run' / 'unreadable_images.txt'}" in (
         result.stderr
     )

@@ -47,8 +47,9 @@ class MultiLabelCollator:
     example of the batch (freshly transformed, so with another augmentation), so batches keep their size
     (`gather_contrastive_features` needs equal batches on every process). A single unreadable file never stops
     training; from a second one on, [`TooManyUnreadableImagesError`] stops it once more than
-    `max_unreadable_fraction` of the examples this collator has seen were unreadable. The failure only reaches the collator when the images are
-    decoded here: `dataset.cast_column("image", datasets.Image(decode=False))` (as `run_training` does).
+    `max_unreadable_fraction` of the examples this collator has seen were unreadable. The failure only reaches the
+    collator when the images are decoded here: `dataset.cast_column("image", datasets.Image(decode=False))` (as
+    `run_training` does).
 
     Args:
         num_labels: number of classes K.
