@@ -5,7 +5,9 @@ next to checkpoints are callbacks (`sadcl_hf.callbacks`)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 
 import datasets
@@ -13,13 +15,24 @@ import torch
 from datasets.distributed import split_dataset_by_node
 from timm.utils.model_ema import ModelEmaV3
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from .callbacks import CheckpointStateCallback, EMAUpdateCallback, OnlinePrototypeCallback, WeightSyncCheckCallback
+from .callbacks import (
+    CheckpointStateCallback,
+    EMAUpdateCallback,
+    OnlinePrototypeCallback,
+    WeightSyncCheckCallback,
+    checkpoint_folders,
+    checkpoint_is_complete,
+    mark_checkpoint_complete,
+    resolve_resume_checkpoint,
+)
 from .evaluation import compute_metrics as multilabel_compute_metrics
 from .model_card import record_training_summary, save_model_card
 
 __all__ = ["SADCLTrainer", "SADCLTrainingArguments"]
+
+logger = logging.getLogger(__name__)
 
 @dataclass
 class SADCLTrainingArguments(TrainingArguments):
@@ -63,9 +76,18 @@ class SADCLTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Every trainable parameter takes part in the objective."}
     )
     label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Label keys."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Delete the checkpoints a previous run left in --output_dir and start afresh (without it, a new "
+            "run refuses an --output_dir holding checkpoints unless it resumes)."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        if self.dataloader_pin_memory and not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False  # nothing to pin for; torch would warn about it for every DataLoader
         if self.lr_schedule not in ("one_cycle", "trainer"):
             raise ValueError(f"lr_schedule must be 'one_cycle' or 'trainer', got {self.lr_schedule!r}")
         if self.early_stopping_patience is not None and not (
@@ -205,11 +227,15 @@ class SADCLTrainer(Trainer):
         """The paper's one-cycle schedule (`torch.optim.lr_scheduler.OneCycleLR`) unless `lr_schedule='trainer'`."""
         if self.lr_scheduler is None and self.args.lr_schedule == "one_cycle":
             optimizer = optimizer if optimizer is not None else self.optimizer
+            total_steps = max(num_training_steps, 2)
+            # torch divides by each phase's length, (pct_start * total_steps - 1) and total_steps * (1 - pct_start):
+            # keep both at least half a step, so that any max_steps >= 1 works.
+            pct_start = min(max(self.args.one_cycle_pct_start, 1.5 / total_steps), 1 - 0.5 / total_steps)
             self.lr_scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer,
                 max_lr=[group["lr"] for group in optimizer.param_groups],
-                total_steps=max(num_training_steps, 2),
-                pct_start=self.args.one_cycle_pct_start,
+                total_steps=total_steps,
+                pct_start=pct_start,
             )
             # transformers 5.24 `_prepare_for_training` drops a scheduler it made (this flag) when `train()` runs again
             self._created_lr_scheduler = True
@@ -238,16 +264,59 @@ class SADCLTrainer(Trainer):
         return metrics
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
-        """transformers' `train`, which also restores the SADCL state saved with `resume_from_checkpoint`. The results
-        a loaded model recorded (`config.training_summary`) describe weights that training changes: they are
-        dropped."""
+        """transformers' `train`, which also restores the SADCL state saved with `resume_from_checkpoint`: a complete
+        checkpoint folder, or True / "latest" / "true" for the newest complete one in `output_dir`
+        ([`resolve_resume_checkpoint`]; an incomplete one is refused). A fresh run refuses an `output_dir` that
+        holds checkpoints unless `overwrite_output_dir`, which deletes them. The results a loaded model recorded
+        (`config.training_summary`) describe weights that training changes: they are dropped."""
         for model in (self.accelerator.unwrap_model(self.model), self.ema.module if self.ema is not None else None):
             if model is not None:
                 model.config.training_summary = None
-        if resume_from_checkpoint is True:  # no checkpoint: `Trainer.train` raises its own error
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True
-        self.checkpoint_state.resume_from = None if isinstance(resume_from_checkpoint, bool) else resume_from_checkpoint
+        resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        self._clear_output_dir(resume_from_checkpoint)
+        self.checkpoint_state.resume_from = resume_from_checkpoint
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _clear_output_dir(self, resume_from_checkpoint: str | None) -> None:
+        """Before training: a resumed run deletes the incomplete checkpoints (interrupted saves); a fresh run refuses
+        an `output_dir` holding checkpoints, or deletes them with `overwrite_output_dir`."""
+        folders = checkpoint_folders(self.args.output_dir)
+        if resume_from_checkpoint is None and folders and not self.args.overwrite_output_dir:
+            raise ValueError(
+                f"output_dir {self.args.output_dir} holds another run's checkpoints ({folders[0].name}, ...): resume "
+                "with --resume_from_checkpoint latest, or pass --overwrite_output_dir to delete them"
+            )
+        if resume_from_checkpoint is not None:
+            folders = [folder for folder in folders if not checkpoint_is_complete(folder)]
+        if self.args.should_save and folders:
+            logger.warning("deleting checkpoints %s from %s", [folder.name for folder in folders], self.args.output_dir)
+            for folder in folders:
+                shutil.rmtree(folder)
+        self.accelerator.wait_for_everyone()
+
+    def _save_checkpoint(self, model, trial):
+        """transformers' checkpoint, crash-consistent: the SADCL state first, then transformers' files, then (after
+        every process finished) the completion record; older checkpoints are rotated out only after it."""
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save and os.path.exists(folder):  # left by an interrupted run: never mix files
+            shutil.rmtree(folder)
+        self.accelerator.wait_for_everyone()
+        self.checkpoint_state.save(folder, self.args, model)
+        save_total_limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotation comes last
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = save_total_limit
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            mark_checkpoint_complete(folder, self.args.world_size)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
 
     def latest_evaluation(self, prefix: str = "eval") -> dict[str, float]:
         """The metrics of the latest evaluation logged under `prefix` (`"eval"`: the raw weights, `"eval_ema"`: the

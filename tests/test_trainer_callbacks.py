@@ -1,15 +1,20 @@
 from types import SimpleNamespace
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from timm.utils.model_ema import ModelEmaV3
 from transformers import TrainerCallback, TrainerControl, TrainerState
 
 from sadcl_hf.callbacks import (
+    CHECKPOINT_COMPLETE_NAME,
     EMA_WEIGHTS_NAME,
     CheckpointStateCallback,
     OnlinePrototypeCallback,
+    checkpoint_is_complete,
+    newest_complete_checkpoint,
     process_file_name,
+    resolve_resume_checkpoint,
 )
 from sadcl_hf.trainer import SADCLTrainer, SADCLTrainingArguments
 
@@ -114,9 +119,9 @@ def test_state_written_on_save_is_read_back_on_resume(tmp_path):
     ema = ModelEmaV3(make_tiny_model(seed=1))
     online = OnlinePrototypeCallback(NUM_LABELS, HIDDEN_DIM, threshold=0.0, num_steps=10)
     online.observe(*_fake_outputs(torch.Generator().manual_seed(0)), global_step=0)
-    CheckpointStateCallback(ema, online).on_save(args, state, control, model=model)
-
     checkpoint = tmp_path / "checkpoint-3"
+    CheckpointStateCallback(ema, online).save(checkpoint, args, model)
+
     assert {path.name for path in checkpoint.iterdir()} == {
         EMA_WEIGHTS_NAME, "memory_bank-rank0.safetensors", "online_prototypes-rank0.safetensors"
     }  # fmt: skip
@@ -160,3 +165,53 @@ def test_resume_from_the_latest_checkpoint_restores_the_memory_bank(tmp_path):
     resumed.train(resume_from_checkpoint=True)
     assert resumed.checkpoint_state.resume_from == str(tmp_path / "checkpoint-2")
     assert torch.equal(recorder.bank, saved)
+
+
+@pytest.mark.parametrize("max_steps", [1, 2, 3, 4, 5, 6])
+def test_one_cycle_schedule_works_for_any_number_of_steps(tmp_path, max_steps):
+    """configs/demo.yaml's one-cycle schedule (pct_start 0.2) with --max_steps 5 divided by zero in torch."""
+    trainer = SADCLTrainer(
+        model=make_tiny_model(), train_dataset=_RandomImages(2),
+        args=_arguments(tmp_path, max_steps=max_steps, lr_schedule="one_cycle", one_cycle_pct_start=0.2),
+    )  # fmt: skip
+    trainer.create_optimizer_and_scheduler(num_training_steps=max_steps)
+    rates = []  # the rate of each optimizer step; the Trainer steps the schedule after each
+    for _ in range(max_steps):
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert all(0 < rate <= trainer.args.learning_rate for rate in rates)
+    if max_steps > 1:
+        assert rates[-1] < rates[0]  # the last step is at the end of the cycle, below its start
+
+
+def _train_with_checkpoints(output_dir, max_steps, **overrides):
+    trainer = SADCLTrainer(
+        model=make_tiny_model(), train_dataset=_RandomImages(4),
+        args=_arguments(output_dir, max_steps=max_steps, save_strategy="steps", save_steps=1, **overrides),
+    )  # fmt: skip
+    return trainer
+
+
+def test_a_used_output_dir_is_refused_unless_resumed_or_overwritten(tmp_path):
+    _train_with_checkpoints(tmp_path, 2).train()
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    with pytest.raises(ValueError, match=r"holds another run's checkpoints \(checkpoint-2.*--overwrite_output_dir"):
+        _train_with_checkpoints(tmp_path, 1).train()
+    _train_with_checkpoints(tmp_path, 1, overwrite_output_dir=True).train()
+    assert [path.name for path in tmp_path.glob("checkpoint-*")] == ["checkpoint-1"]  # the old run's are gone
+    _train_with_checkpoints(tmp_path, 2).train(resume_from_checkpoint="latest")
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_resume_refuses_an_incomplete_checkpoint_and_names_the_newest_complete_one(tmp_path):
+    _train_with_checkpoints(tmp_path, 2).train()
+    assert newest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    (tmp_path / "checkpoint-2" / CHECKPOINT_COMPLETE_NAME).unlink()  # as if the save had been interrupted
+    assert not checkpoint_is_complete(tmp_path / "checkpoint-2")
+    assert newest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-1"
+    message = f"checkpoint-2: incomplete .* the newest complete one in {tmp_path} is {tmp_path / 'checkpoint-1'}$"
+    with pytest.raises(ValueError, match=message):
+        _train_with_checkpoints(tmp_path, 2).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    for latest in ("latest", "true", True):
+        assert resolve_resume_checkpoint(latest, tmp_path) == str(tmp_path / "checkpoint-1")
