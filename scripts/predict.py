@@ -7,9 +7,9 @@
         [--url-timeout SECONDS] [--max-url-bytes BYTES] [--captions [--overwrite]] [--top-k K] [--exclude-tags a,b]
 
 Folders are searched recursively for image files (.jpg .jpeg .png .bmp .gif .tif .tiff .webp .ppm .pgm);
-http(s) URLs are downloaded (at most --max-url-bytes, giving up after --url-timeout seconds). Each JSON line is `{"image": path, "labels": [...], "scores": {label: score}}`:
-`labels` holds the labels whose probability reaches its threshold (highest first) and `scores` every label's
-probability. Thresholds: --threshold (one for all classes), else --thresholds (a JSON list, or {label: threshold}),
+http(s) URLs are downloaded (at most --max-url-bytes, giving up after --url-timeout seconds). Each JSON line is
+`{"image": path, "labels": [...], "scores": {label: score}}`: `labels` holds the labels whose probability reaches
+its threshold (highest first) and `scores` every label's probability. Thresholds: --threshold (one for all classes), else --thresholds (a JSON list, or {label: threshold}),
 else the per-class thresholds calibrated into the model config, else 0.5. `--exclude-tags` drops labels from
 `labels` and `--top-k` keeps the K highest of the rest.
 
