@@ -221,6 +221,9 @@ def count_quantized_convolutions(path: str | os.PathLike) -> tuple[int, int]:
     """(Convs whose input and weight both come from a DequantizeLinear, all Convs) of an ONNX graph."""
     onnx = _require("onnx")
     graph = onnx.load(str(path)).graph
+            # onnxruntime looks for LayerNormalization's 1-D scale's channels on axis 1 (BatchNorm's input layout),
+            # warns "Axis 1 is out-of-range" once per LayerNorm and falls back to per-tensor: axis 0 is its channel.
+            extra_options={"QDQOpTypePerChannelSupportToAxis": {"LayerNormalization": 0}},
     producers = {output: node.op_type for node in graph.node for output in node.output}
     convolutions = [node for node in graph.node if node.op_type == "Conv"]
     quantized = [

@@ -5,13 +5,14 @@
     accelerate launch --multi_gpu --num_processes 8 scripts/train.py --config configs/coco2014-r101-448.yaml
 
 Arguments come from `--config FILE` (YAML/JSON) and/or the command line (the command line wins); `--help` lists
-them (model, data and `transformers.TrainingArguments` fields). Writes checkpoints, `OUTPUT_DIR/model`,
+them (the SADCL model and data options first, then `transformers.TrainingArguments`). Writes checkpoints, `OUTPUT_DIR/model`,
 `all_results.json`, `train_log.json` and `train.log` to `--output_dir`.
 """
 
-import json
 import logging
+from pathlib import Path
 
+from huggingface_hub.utils import logging as hub_logging
 from transformers.utils import logging as hf_logging
 
 from sadcl_hf.training import parse_arguments, run_training
@@ -19,11 +20,14 @@ from sadcl_hf.training import parse_arguments, run_training
 
 def main() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # huggingface_hub has its own stderr handler and also propagates to the root one: each of its lines came twice.
+    hub_logging.disable_propagation()
     model_args, data_args, training_args = parse_arguments()
     hf_logging.set_verbosity(training_args.get_process_log_level())
-    metrics = run_training(model_args, data_args, training_args)
-    if training_args.should_log:
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}, indent=2))
+    run_training(model_args, data_args, training_args)
+    if training_args.should_log:  # the metrics were logged as they came; this says where they are kept
+        output_dir = Path(training_args.output_dir)
+        print(f"model: {output_dir / 'model'}\nmetrics: {output_dir / 'all_results.json'}, log: {output_dir / 'train.log'}")
 
 
 if __name__ == "__main__":
