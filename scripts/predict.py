@@ -9,9 +9,9 @@
 Folders are searched recursively for image files (.jpg .jpeg .png .bmp .gif .tif .tiff .webp .ppm .pgm);
 http(s) URLs are downloaded (at most --max-url-bytes, giving up after --url-timeout seconds). Each JSON line is
 `{"image": path, "labels": [...], "scores": {label: score}}`: `labels` holds the labels whose probability reaches
-its threshold (highest first) and `scores` every label's probability. Thresholds: --threshold (one for all classes), else --thresholds (a JSON list, or {label: threshold}),
-else the per-class thresholds calibrated into the model config, else 0.5. `--exclude-tags` drops labels from
-`labels` and `--top-k` keeps the K highest of the rest.
+its threshold (highest first) and `scores` every label's probability. Thresholds: --threshold (one for all
+classes), else --thresholds (a JSON list, or {label: threshold}), else the per-class thresholds calibrated into the
+model config, else 0.5. `--exclude-tags` drops labels from `labels` and `--top-k` keeps the K highest of the rest.
 
 `--num-workers N` loads and preprocesses images in N worker processes while the model scores the previous batch
 (use it on folders of large photos). Records are written, and flushed, as each batch is scored, in input order:

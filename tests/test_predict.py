@@ -121,7 +121,8 @@ def test_a_killed_run_keeps_the_records_already_written(tiny_model_dir, image_fo
     command = [
         sys.executable, str(PROJECT_ROOT / "scripts" / "predict.py"), "--model", str(tiny_model_dir),
         str(image_folder / "0.png"), str(image_folder / "1.jpg"), f"{slow_server.url}/hang",
-        str(image_folder / "3.png"), "--output", str(output), "--batch-size", "1", "--device", "cpu", "--url-timeout", "300",
+        str(image_folder / "3.png"), "--output", str(output), "--batch-size", "1", "--device", "cpu",
+        "--url-timeout", "300",
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=PROJECT_ROOT)
     try:
