@@ -470,6 +470,12 @@ class SADCLPreTrainedModel(PreTrainedModel):
                 "AutoModel": "modeling_sadcl.SADCLModel",
                 "AutoModelForImageClassification": "modeling_sadcl.SADCLForImageClassification",
             }
+            try:  # the stock image-classification pipeline with sadcl-hf's image loading, as remote code
+                from sadcl_hf.data.pipeline_image_classification import save_pipeline_code
+            except ImportError:  # remote code without sadcl-hf cannot copy that pipeline's files: drop its entry
+                vars(self.config).pop("custom_pipelines", None)
+            else:
+                save_pipeline_code(self.config, save_directory)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def push_to_hub(self, repo_id: str, *, tags: list[str] | None = None, **kwargs):

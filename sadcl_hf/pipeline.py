@@ -14,6 +14,10 @@ constructor), a number or one value per class; the per-class thresholds calibrat
 (see [`sadcl_hf.calibrate_thresholds`]); 0.5. A label is returned when its score is `>=` its threshold
 ([`sadcl_hf.evaluation.predict_labels`], the rule the metrics and calibration use), so `threshold=0.0` returns every
 label with its score.
+
+Images go through [`load_pipeline_image`] (`sadcl_hf.data.pipeline_image_classification`), as in the stock
+`pipeline("image-classification")` of a SADCL model: URL downloads are bounded (`timeout=` seconds, default 10;
+`max_bytes=`, default 50 MiB), and JPEGs are decoded at the image processor's size (DCT scaling).
 """
 
 from __future__ import annotations
@@ -25,17 +29,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import PIL.Image
-import torch
-from huggingface_hub.utils import httpx
-from transformers import AutoModelForImageClassification, ImageClassificationPipeline
+from transformers import AutoModelForImageClassification
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .data.images import ImageLoadError, load_image
+from .data.images import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT
+from .data.pipeline_image_classification import SADCLImageClassificationPipeline, load_pipeline_image
 from .evaluation import DEFAULT_THRESHOLD, predict_labels, sigmoid
 
 __all__ = [
+    "DEFAULT_MAX_URL_BYTES",
     "DEFAULT_THRESHOLD",
+    "DEFAULT_URL_TIMEOUT",
     "MULTI_LABEL_TASK",
     "MultiLabelImageClassificationPipeline",
     "check_label_names",
@@ -46,6 +50,7 @@ __all__ = [
 ]
 
 MULTI_LABEL_TASK = "multi-label-image-classification"
+STOCK_TASK = "image-classification"
 
 
 def has_placeholder_label_names(config) -> bool:
@@ -117,27 +122,7 @@ def resolve_thresholds(threshold: float | Sequence[float] | np.ndarray | None, c
     return values
 
 
-def load_pipeline_image(image: Any, timeout: float | None = None) -> PIL.Image.Image:
-    """An upright 8-bit RGB image from a URL, a path, encoded bytes, a PIL image, a `{"path", "bytes"}` dict or a
-    uint8 array, through [`sadcl_hf.data.load_image`] (grayscale/RGBA/CMYK/EXIF, decompression-bomb guard).
-
-    Raises:
-        ImageLoadError: the image cannot be fetched, read or decoded; the message names it and says why.
-    """
-    if isinstance(image, str) and image.startswith(("http://", "https://")):
-        try:
-            response = httpx.get(image, timeout=timeout, follow_redirects=True)
-            response.raise_for_status()
-        except httpx.HTTPError as error:
-            raise ImageLoadError(image, f"cannot download the image ({error})") from error
-        try:
-            return load_image(response.content)
-        except ImageLoadError as error:
-            raise ImageLoadError(image, error.reason) from error
-    return load_image(image)
-
-
-class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
+class MultiLabelImageClassificationPipeline(SADCLImageClassificationPipeline):
     """Multi-label image tagging with any `AutoModelForImageClassification` that scores classes independently
     (sigmoid), such as SADCL.
 
@@ -149,7 +134,8 @@ class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
         threshold (`float` or `list[float]`, *optional*): one threshold for every class, or one per class (length
             `num_labels`); default `model.config.thresholds`, else 0.5.
         top_k (`int`, *optional*): return at most this many labels per image (the highest scores).
-        timeout (`float`, *optional*): seconds to wait for an image URL.
+        timeout (`float`, *optional*): seconds an image URL may take (default 10).
+        max_bytes (`int`, *optional*): largest image download in bytes (default 50 MiB).
 
     Constructor argument:
         backend (`str`, *optional*): `"pytorch"` (default); `"onnx"` or `"onnx-int8"` serve the model folder's
@@ -181,10 +167,12 @@ class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
         if not isinstance(self.model, SADCLOnnxModel):
             super().check_model_type(supported_models)
 
-    def _sanitize_parameters(self, threshold=None, top_k=None, timeout=None):
+    def _sanitize_parameters(self, threshold=None, top_k=None, timeout=None, max_bytes=None):
         preprocess_params = {}
         if timeout is not None:
             preprocess_params["timeout"] = timeout
+        if max_bytes is not None:
+            preprocess_params["max_bytes"] = max_bytes
         postprocess_params = {}
         if threshold is not None:
             postprocess_params["threshold"] = resolve_thresholds(threshold, self.model.config)
@@ -208,10 +196,8 @@ class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
             threshold = self._postprocess_params.get("threshold")
         return resolve_thresholds(threshold, self.model.config)
 
-    def preprocess(self, image, timeout=None):
-        if not isinstance(image, torch.Tensor) and not (isinstance(image, np.ndarray) and image.dtype != np.uint8):
-            image = load_pipeline_image(image, timeout=timeout)
-        return self.image_processor(images=image, return_tensors="pt").to(self.dtype)
+    def loads_images_with_the_package(self) -> bool:
+        return True
 
     def postprocess(self, model_outputs, threshold=None, top_k=None):
         logits = model_outputs["logits"][0].float().numpy().astype(np.float64)
@@ -225,7 +211,12 @@ class MultiLabelImageClassificationPipeline(ImageClassificationPipeline):
 
 
 def register_pipeline() -> None:
-    """Registers the `multi-label-image-classification` task with transformers' `pipeline()` (idempotent)."""
+    """Registers the `multi-label-image-classification` task with transformers' `pipeline()`, and makes
+    [`SADCLImageClassificationPipeline`] the pipeline class of the stock `image-classification` task, which keeps
+    transformers' behaviour for other models and its default model (idempotent)."""
+    stock = PIPELINE_REGISTRY.supported_tasks[STOCK_TASK]
+    if stock["impl"] is not SADCLImageClassificationPipeline:
+        PIPELINE_REGISTRY.supported_tasks[STOCK_TASK] = {**stock, "impl": SADCLImageClassificationPipeline}
     registered = PIPELINE_REGISTRY.supported_tasks.get(MULTI_LABEL_TASK)
     if registered is not None and registered["impl"] is MultiLabelImageClassificationPipeline:
         return

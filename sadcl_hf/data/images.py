@@ -9,27 +9,52 @@ Every image that enters sadcl-hf goes through [`load_image`], which returns a fu
 * pixel modes: grayscale (`1`, `L`), palette (`P`, `PA`), alpha (`RGBA`, `LA`, ... composited over white),
   `CMYK`, `YCbCr`, `LAB`, `HSV`, and 16/32-bit integer grayscale (`I;16*`, `I`; rescaled from 0..65535 to 0..255);
 * truncated or corrupt files, missing files and decompression bombs (images larger than
-  `PIL.Image.MAX_IMAGE_PIXELS`), which all raise [`ImageLoadError`].
+  `PIL.Image.MAX_IMAGE_PIXELS`, refused from the header before any pixel is decoded), which all raise
+  [`ImageLoadError`];
+* decoding at the size the model needs (`draft_size`): a JPEG is decoded with DCT-domain downscaling
+  (`PIL.Image.draft`, 1/2, 1/4 or 1/8) to the smallest scale whose upright size is not below `draft_size`, so the
+  image processor's own resize then works from far fewer pixels ([`processor_draft_size`] gives the size);
+* URLs ([`fetch_url`]): a connect/read timeout, an overall deadline and a byte cap.
+
+This module imports nothing from sadcl-hf: a saved model ships it beside its weights (remote code), so the stock
+`pipeline("image-classification", trust_remote_code=True)` loads images this way without sadcl-hf installed.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import time
 import warnings
-from typing import Any, Union
+from typing import Any, Optional, Union
 
+import httpx
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
 
-__all__ = ["ImageLoadError", "ImageSource", "describe_image_source", "load_image"]
+__all__ = [
+    "DEFAULT_MAX_URL_BYTES",
+    "DEFAULT_URL_TIMEOUT",
+    "ImageLoadError",
+    "ImageSource",
+    "describe_image_source",
+    "fetch_url",
+    "load_image",
+    "processor_draft_size",
+]
+
+DEFAULT_URL_TIMEOUT = 10.0
+"""Seconds an image URL may take to connect, between two received bytes, and in all (see [`fetch_url`])."""
+DEFAULT_MAX_URL_BYTES = 50 * 2**20
+"""The largest image download accepted (50 MiB)."""
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, PIL.Image.Image, dict, np.ndarray]
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations whose upright image swaps width and height
 
 
 class ImageLoadError(ValueError):
@@ -78,7 +103,26 @@ def _check_pixel_budget(image: PIL.Image.Image, name: str) -> None:
         )
 
 
-def _open_encoded(data: bytes, name: str) -> PIL.Image.Image:
+def _orientation(image: PIL.Image.Image, name: str) -> int:
+    """The EXIF orientation tag (1 = upright; 1 when it is missing or unreadable, with a warning)."""
+    try:
+        return int(image.getexif().get(PIL.Image.ExifTags.Base.Orientation, 1) or 1)
+    except Exception as error:  # malformed EXIF blocks raise a variety of errors inside PIL
+        warnings.warn(f"Ignoring unreadable EXIF orientation of image {name}: {error}", stacklevel=3)
+        return 1
+
+
+def _draft(image: PIL.Image.Image, draft_size: tuple[int, int], orientation: int) -> None:
+    """Asks a JPEG decoder for DCT-domain downscaling to the smallest scale not below `draft_size` (upright
+    `(width, height)`); other formats decode at full size."""
+    width, height = draft_size
+    if orientation in _TRANSPOSING_ORIENTATIONS:  # the stored image is the upright one turned by 90 degrees
+        width, height = height, width
+    if image.format == "JPEG":
+        image.draft(None, (max(1, int(width)), max(1, int(height))))
+
+
+def _open_encoded(data: bytes, name: str, draft_size: Optional[tuple[int, int]] = None) -> PIL.Image.Image:
     if len(data) == 0:
         raise ImageLoadError(name, "the file is empty (0 bytes)")
     try:
@@ -92,11 +136,65 @@ def _open_encoded(data: bytes, name: str) -> PIL.Image.Image:
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageLoadError(name, f"corrupt or truncated image header ({error})") from error
     _check_pixel_budget(image, name)
+    if draft_size is not None:
+        _draft(image, draft_size, _orientation(image, name))
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageLoadError(name, f"corrupt or truncated image data ({error})") from error
     return image
+
+
+def fetch_url(url: str, timeout: Optional[float] = DEFAULT_URL_TIMEOUT, max_bytes: int = DEFAULT_MAX_URL_BYTES) -> bytes:
+    """The body of `url` (`http://` or `https://`), streamed and bounded.
+
+    Args:
+        timeout: seconds allowed to connect, between two received chunks, and for the whole download; `None`
+            waits forever.
+        max_bytes: the download is abandoned as soon as more bytes than this arrive (or are announced).
+
+    Raises:
+        ImageLoadError: naming the URL: no answer in time, too large, an HTTP error status or a network error.
+    """
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    too_large = f"the download exceeds the limit of {max_bytes} bytes (max_bytes)"
+    try:
+        with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
+            response.raise_for_status()
+            announced = response.headers.get("content-length", "")
+            if announced.isdigit() and int(announced) > max_bytes:
+                raise ImageLoadError(url, f"{too_large}: the server announces {announced} bytes")
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise ImageLoadError(url, too_large)
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ImageLoadError(url, f"the download took longer than {timeout} s (timeout)")
+            return bytes(body)
+    except httpx.TimeoutException as error:
+        raise ImageLoadError(url, f"no answer within {timeout} s (timeout; {type(error).__name__})") from error
+    except httpx.HTTPError as error:
+        raise ImageLoadError(url, f"cannot download the image ({error})") from error
+
+
+def processor_draft_size(image_processor: Any) -> Optional[tuple[int, int]]:
+    """The `draft_size` (upright `(width, height)`) at which [`load_image`] may decode images for
+    `image_processor`: its fixed resize target (`size={"height", "width"}`, or `{"shortest_edge": s}` as `(s, s)`).
+    `None` (decode at full size) when it does not resize, or resizes to a size that depends on the image
+    otherwise (`longest_edge`, ...), where a smaller decode would change its output."""
+    size = getattr(image_processor, "size", None)
+    if not getattr(image_processor, "do_resize", False) or not isinstance(size, dict):
+        return None
+    if size.keys() == {"height", "width"}:
+        return int(size["width"]), int(size["height"])
+    if size.keys() == {"shortest_edge"}:
+        return int(size["shortest_edge"]), int(size["shortest_edge"])
+    return None
 
 
 def _read_path(path: str) -> bytes:
@@ -144,12 +242,15 @@ def _to_rgb(image: PIL.Image.Image, name: str) -> PIL.Image.Image:
         raise ImageLoadError(name, f"cannot convert pixel mode {mode!r} to RGB ({error})") from error
 
 
-def load_image(source: ImageSource) -> PIL.Image.Image:
+def load_image(source: ImageSource, draft_size: Optional[tuple[int, int]] = None) -> PIL.Image.Image:
     """Open `source` as a fully decoded 8-bit RGB image, upright according to its EXIF orientation.
 
     Args:
         source: a file path, encoded bytes, a `PIL.Image.Image`, a `datasets.Image` storage dict
             (`{"path": str | None, "bytes": bytes | None}`) or a `uint8` array `[H, W]`/`[H, W, C]`.
+        draft_size: upright `(width, height)` the image will be resized to ([`processor_draft_size`]); an
+            encoded JPEG is then decoded at the smallest DCT scale (1, 1/2, 1/4, 1/8) whose size is not below it.
+            `None` decodes at full size. Other sources and formats are unaffected.
 
     Returns:
         `PIL.Image.Image` in mode `"RGB"`; `source` itself when it already is an upright RGB PIL image
@@ -162,15 +263,15 @@ def load_image(source: ImageSource) -> PIL.Image.Image:
     name = describe_image_source(source)
     if isinstance(source, dict):
         if source.get("bytes") is not None:
-            image = _open_encoded(bytes(source["bytes"]), name)
+            image = _open_encoded(bytes(source["bytes"]), name, draft_size)
         elif source.get("path"):
-            image = _open_encoded(_read_path(os.fspath(source["path"])), name)
+            image = _open_encoded(_read_path(os.fspath(source["path"])), name, draft_size)
         else:
             raise ImageLoadError(name, "the image dict has neither 'bytes' nor 'path'")
     elif isinstance(source, (str, os.PathLike)):
-        image = _open_encoded(_read_path(os.fspath(source)), name)
+        image = _open_encoded(_read_path(os.fspath(source)), name, draft_size)
     elif isinstance(source, (bytes, bytearray)):
-        image = _open_encoded(bytes(source), name)
+        image = _open_encoded(bytes(source), name, draft_size)
     elif isinstance(source, PIL.Image.Image):
         _check_pixel_budget(source, name)
         try:
@@ -185,10 +286,10 @@ def load_image(source: ImageSource) -> PIL.Image.Image:
             name, "expected a path, encoded bytes, a PIL image, a {'path', 'bytes'} dict or a uint8 numpy array"
         )
 
-    try:
-        orientation = image.getexif().get(PIL.Image.ExifTags.Base.Orientation, 1)
-        upright = PIL.ImageOps.exif_transpose(image) if orientation not in (1, None) else image
-    except Exception as error:  # malformed EXIF blocks raise a variety of errors inside PIL
-        warnings.warn(f"Ignoring unreadable EXIF orientation of image {name}: {error}", stacklevel=2)
-        upright = image
+    upright = image
+    if _orientation(image, name) != 1:
+        try:
+            upright = PIL.ImageOps.exif_transpose(image)
+        except Exception as error:  # malformed EXIF blocks raise a variety of errors inside PIL
+            warnings.warn(f"Ignoring unreadable EXIF orientation of image {name}: {error}", stacklevel=2)
     return _to_rgb(upright, name)
