@@ -26,6 +26,7 @@ from sadcl_hf.data import (
     load_vg500,
     load_voc,
 )
+from sadcl_hf.training import DataArguments, load_split
 
 
 def write_image(path: Path, color=(10, 200, 30), size=(12, 8)) -> Path:
@@ -396,6 +397,90 @@ def test_folder_bad_inputs(tmp_path, caplog):
     (root / "metadata.jsonl").unlink()
     with pytest.raises(DatasetLayoutError, match=r"metadata\.jsonl"):
         load_folder(root)
+
+
+def write_shapes_folder(root: Path, separator: str = " ", metadata: str = "csv") -> list[str]:
+    """24 images labelled with every colour x shape x size combination joined by `separator`; returns the strings."""
+    combinations = [
+        separator.join((colour, shape, size))
+        for colour in ("red", "green", "blue", "white")
+        for shape in ("square", "circle", "triangle")
+        for size in ("small", "large")
+    ]
+    rows = [(f"{index:02d}.png", labels) for index, labels in enumerate(combinations)]
+    for file_name, _ in rows:
+        write_image(root / "train" / file_name)
+    if metadata == "csv":
+        with open(root / "train" / "metadata.csv", "w", newline="") as handle:
+            csv.writer(handle).writerows([("file_name", "labels"), *rows])
+    else:
+        lines = [json.dumps({"file_name": name, "labels": labels}) for name, labels in rows]
+        (root / "train" / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return combinations
+
+
+@pytest.mark.parametrize("metadata", ["csv", "jsonl"])
+def test_folder_space_separated_labels_stop_naming_file_row_and_option(tmp_path, metadata):
+    write_shapes_folder(tmp_path, " ", metadata)
+    # before: 24 classes, one per combination, without a word
+    with pytest.raises(ValueError) as raised:
+        load_folder(tmp_path, "train")
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"train/metadata.{metadata}: the 'labels' strings look separated by ' '" in message
+    line = 2 if metadata == "csv" else 1
+    assert f"metadata.{metadata}:{line}: 'red square small' would be one class" in message
+    assert "24 classes, one per combination, instead of 9" in message
+    assert "label_separator=' '" in message and """--dataset_options '{"label_separator": " "}'""" in message
+
+
+def test_folder_label_separator_from_the_training_command_line(tmp_path):
+    combinations = write_shapes_folder(tmp_path / "shapes", " ")
+    arguments = DataArguments(
+        dataset="folder", dataset_root=str(tmp_path / "shapes"), dataset_options='{"label_separator": " "}'
+    )
+    dataset = load_split(arguments, "train")
+    assert dataset_label_names(dataset) == sorted(
+        ["red", "green", "blue", "white", "square", "circle", "triangle", "small", "large"]
+    )
+    assert label_sets(dataset) == [sorted(labels.split(" ")) for labels in combinations]
+    # other separators: commas (with spaces around the names) and semicolons
+    for folder, separator in (("comma", ", "), ("semicolon", ";")):
+        write_shapes_folder(tmp_path / folder, separator)
+        with pytest.raises(ValueError, match=f"look separated by {separator.strip()!r}"):
+            load_folder(tmp_path / folder, "train")
+        assert len(dataset_label_names(load_folder(tmp_path / folder, "train", label_separator=separator.strip()))) == 9
+    # an explicit separator skips the first check; a wrong one still leaves every row with a class of its own
+    with pytest.raises(ValueError, match="24 of 24 metadata rows have a 'labels' class no other row has"):
+        load_folder(tmp_path / "semicolon", "train", label_separator=",")
+    with pytest.raises(ValueError, match="label_separator must be a non-empty string"):
+        load_folder(tmp_path / "shapes", "train", label_separator="")
+
+
+def test_folder_multi_word_class_names_are_not_flagged(tmp_path):
+    rows = [("a.png", "traffic light"), ("b.png", "fire hydrant|stop sign"), ("c.png", "stop sign")]
+    for name, _ in rows:
+        write_image(tmp_path / name)
+    with open(tmp_path / "metadata.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([("file_name", "labels"), *rows])
+    assert dataset_label_names(load_folder(tmp_path, "train")) == ["fire hydrant", "stop sign", "traffic light"]
+    single_labels = "file_name,labels\na.png,traffic light\nb.png,stop sign\nc.png,fire hydrant\n"
+    (tmp_path / "metadata.csv").write_text(single_labels)
+    assert len(dataset_label_names(load_folder(tmp_path, "train"))) == 3  # single labels: splitting gives more names
+
+
+def test_folder_row_with_its_own_class_is_reported(tmp_path):
+    lines = ["file_name,labels"] + [f"{index:02d}.png,photo-{index}" for index in range(24)]
+    for index in range(24):
+        write_image(tmp_path / f"{index:02d}.png")
+    (tmp_path / "metadata.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError) as raised:
+        load_folder(tmp_path, "train")
+    message = str(raised.value)
+    assert f"{tmp_path / 'metadata.csv'}:2: 24 of 24 metadata rows have a 'labels' class no other row has" in message
+    assert "label_separator" in message and "classes.txt" in message
+    (tmp_path / "classes.txt").write_text("\n".join(f"photo-{index}" for index in range(24)) + "\n")
+    assert len(dataset_label_names(load_folder(tmp_path, "train"))) == 24  # explicit class names are trusted
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -19,6 +20,12 @@ _METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 _LABEL_FORMATS = ("auto", "ids", "names", "multi_hot")
 _INTEGER_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
 _FLOAT_DTYPES = {"float16", "float32", "float64", "bfloat16"}
+# separators people put between label names, tried when the configured one leaves the label strings whole
+DEFAULT_LABEL_SEPARATOR = "|"
+_LIKELY_SEPARATORS = ("|", ",", ";", " ", "\t")
+# with inferred class names, this many rows or more, nearly all with a class of their own, is not a label column
+_OWN_CLASS_MIN_ROWS = 20
+_OWN_CLASS_FRACTION = 0.9
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -43,13 +50,56 @@ def _split_names(value: Any, separator: str, where: str) -> list[str]:
     raise ValueError(f"{where}: expected 'labels' to be a list of class names (strings), got {value!r}.")
 
 
-def _read_metadata(folder: str, separator: str) -> list[tuple[str, list[str], str]]:
-    """Rows `(image path, label names, 'file:line')` of the metadata file in `folder`."""
+def _check_label_strings(cells: list[tuple[str, str]], separator: str, metadata_path: str) -> None:
+    """Stop when label strings `(text, 'file:line')` look split by another separator than `separator`: no string
+    holds `separator`, most hold another likely one, and splitting by it explains the strings as combinations of
+    fewer classes."""
+    texts = [text.strip() for text, _ in cells if text.strip()]
+    if not texts or any(separator in text for text in texts):
+        return
+    for candidate in _LIKELY_SEPARATORS:
+        if candidate == separator:
+            continue
+        holding = [(text, where) for text, where in cells if candidate in text.strip()]
+        if len(holding) * 2 <= len(texts):
+            continue
+        tokens = {name.strip() for text in texts for name in text.split(candidate) if name.strip()}
+        if len(tokens) < len(set(texts)):
+            text, where = holding[0]
+            raise ValueError(
+                f"{metadata_path}: the 'labels' strings look separated by {candidate!r}, not by the label separator "
+                f"{separator!r}: e.g. {where}: {text!r} would be one class ({len(set(texts))} classes, one per "
+                f"combination, instead of {len(tokens)}); set label_separator={candidate!r} (training: "
+                f"--dataset_options '{json.dumps({'label_separator': candidate})}')."
+            )
+
+
+def _check_own_classes(rows: list[tuple[str, list[str], str]], separator: str) -> None:
+    """Stop when nearly every row has a class name no other row has (the labels were not split into names)."""
+    if len(rows) < _OWN_CLASS_MIN_ROWS:
+        return
+    counts = Counter(name for _, names, _ in rows for name in names)
+    singletons = [(names, where) for _, names, where in rows if any(counts[name] == 1 for name in names)]
+    if len(singletons) >= _OWN_CLASS_FRACTION * len(rows):
+        names, where = singletons[0]
+        raise ValueError(
+            f"{where}: {len(singletons)} of {len(rows)} metadata rows have a 'labels' class no other row has (e.g. "
+            f"this row: {names}), so the labels are probably not split into class names; set the separator the "
+            f"file uses instead of {separator!r} with label_separator (training: --dataset_options "
+            "'{\"label_separator\": \"<separator>\"}'), or give the class names in classes.txt."
+        )
+
+
+def _read_metadata(folder: str, separator: str, check_separator: bool) -> list[tuple[str, list[str], str]]:
+    """Rows `(image path, label names, 'file:line')` of the metadata file in `folder`; with `check_separator`, label
+    strings that look split by another separator stop with an error naming the file, an example row and the option
+    to set."""
     jsonl_path, csv_path = (os.path.join(folder, name) for name in _METADATA_FILES)
     if os.path.isfile(jsonl_path) and os.path.isfile(csv_path):
         raise DatasetLayoutError(f"{folder} has both metadata.jsonl and metadata.csv; keep only one.")
-    rows = []
+    rows, label_strings = [], []
     if os.path.isfile(jsonl_path):
+        metadata_path = jsonl_path
         with open(jsonl_path, encoding="utf-8") as handle:
             for line_number, line in enumerate(handle, start=1):
                 if not line.strip():
@@ -61,8 +111,11 @@ def _read_metadata(folder: str, separator: str) -> list[tuple[str, list[str], st
                     raise ValueError(f"{where}: not a valid JSON object ({error}).") from error
                 if not isinstance(record, dict) or "file_name" not in record or "labels" not in record:
                     raise ValueError(f"{where}: expected an object with 'file_name' and 'labels' keys.")
+                if isinstance(record["labels"], str) and not record["labels"].strip().startswith("["):
+                    label_strings.append((record["labels"], where))
                 rows.append((record["file_name"], _split_names(record["labels"], separator, where), where))
     elif os.path.isfile(csv_path):
+        metadata_path = csv_path
         with open(csv_path, encoding="utf-8", newline="") as handle:
             reader = csv.DictReader(handle)
             missing = [column for column in ("file_name", "labels") if column not in (reader.fieldnames or [])]
@@ -70,9 +123,13 @@ def _read_metadata(folder: str, separator: str) -> list[tuple[str, list[str], st
                 raise ValueError(f"{csv_path}: missing column(s) {missing}; found {reader.fieldnames}.")
             for line_number, record in enumerate(reader, start=2):
                 where = f"{csv_path}:{line_number}"
+                if record["labels"] is not None and not record["labels"].strip().startswith("["):
+                    label_strings.append((record["labels"], where))
                 rows.append((record["file_name"], _split_names(record["labels"], separator, where), where))
     else:
         raise DatasetLayoutError(f"Expected {jsonl_path} or {csv_path}, but neither exists.")
+    if check_separator:
+        _check_label_strings(label_strings, separator, metadata_path)
     for file_name, _, where in rows:
         if not isinstance(file_name, str) or not file_name.strip():
             raise ValueError(f"{where}: 'file_name' must be a non-empty relative path, got {file_name!r}.")
@@ -84,7 +141,7 @@ def load_folder(
     split: Optional[str] = None,
     *,
     label_names: Optional[Sequence[str]] = None,
-    label_separator: str = "|",
+    label_separator: Optional[str] = None,
     drop_unlabeled: bool = False,
     skip_missing: bool = False,
     skip_unreadable: bool = False,
@@ -105,7 +162,13 @@ def load_folder(
 
     * `metadata.jsonl`: one JSON object per line, `{"file_name": "img_001.jpg", "labels": ["cat", "dog"]}`;
     * `metadata.csv`: header `file_name,labels`; `labels` holds names separated by `label_separator` (`"cat|dog"`)
-      or a JSON list (`"[""cat"", ""dog""]"`); an empty cell means no label.
+      or a JSON list (`"[""cat"", ""dog""]"`); an empty cell means no label. A `labels` string in
+      `metadata.jsonl` is split the same way.
+
+    A misread separator stops with an error naming the file, an example row and the option to set: when no label
+    string holds the default `|` while most hold another usual one (`,`, `;`, space, tab) that splits them into
+    fewer classes (`"blue green square"`; an explicit `label_separator`, even `"|"`, turns this check off), or,
+    with inferred class names, when 90% of 20 or more rows have a class no other row has.
 
     `file_name` is relative to the metadata file's folder. Class names come from `label_names`, else from
     `classes.txt`, else they are all the names found in the metadata, sorted alphabetically. With explicit
@@ -115,13 +178,18 @@ def load_folder(
         root: the folder described above.
         split: return only this split (`"train"` for a single-split folder); `None` returns a `DatasetDict`.
         label_names: the class names in class-id order.
-        label_separator: separator of label names in `metadata.csv` cells.
+        label_separator: separator of the label names in a `labels` string; default `"|"`, with the check above
+            (training: `--dataset_options '{"label_separator": " "}'`).
         drop_unlabeled: drop images without any label.
         skip_missing: drop rows whose image file is missing (warning) instead of raising `FileNotFoundError`.
         skip_unreadable: decode every image first and drop the unreadable ones (corrupt, truncated, not an
             image), logging how many were skipped.
     """
     root = os.fspath(root)
+    check_separator = label_separator is None
+    label_separator = DEFAULT_LABEL_SEPARATOR if label_separator is None else label_separator
+    if not isinstance(label_separator, str) or not label_separator:
+        raise ValueError(f"label_separator must be a non-empty string, got {label_separator!r}.")
     if not os.path.isdir(root):
         raise DatasetLayoutError(f"Image folder {root} does not exist or is not a directory.")
     if any(os.path.isfile(os.path.join(root, name)) for name in _METADATA_FILES):
@@ -140,7 +208,9 @@ def load_folder(
     if split is not None and split not in split_dirs:
         raise ValueError(f"Unknown split {split!r} in {root}; available: {list(split_dirs)}.")
     selected = {split: split_dirs[split]} if split is not None else split_dirs
-    rows_per_split = {name: _read_metadata(folder, label_separator) for name, folder in selected.items()}
+    rows_per_split = {
+        name: _read_metadata(folder, label_separator, check_separator) for name, folder in selected.items()
+    }
 
     classes_path = os.path.join(root, "classes.txt")
     if label_names is not None:
@@ -149,7 +219,10 @@ def load_folder(
         with open(classes_path, encoding="utf-8") as handle:
             class_names = [line.strip() for line in handle if line.strip()]
     else:
-        all_rows = [row for name, folder in split_dirs.items() for row in _read_metadata(folder, label_separator)]
+        all_rows = [
+            row for folder in split_dirs.values() for row in _read_metadata(folder, label_separator, check_separator)
+        ]
+        _check_own_classes(all_rows, label_separator)
         class_names = sorted({label for _, names, _ in all_rows for label in names})
     if not class_names:
         raise ValueError(f"No class names for {root}: the metadata has no labels and no classes.txt / label_names.")
