@@ -126,6 +126,8 @@ def test_predict_script_onnx_backend_writes_the_pytorch_predictions(exported_mod
             sys.executable, str(ROOT / "scripts" / "predict.py"), "--model", str(exported_model_dir), str(folder),
             "--output", str(output), "--backend", backend, "--threshold", "0.5", "--device", "cpu",
         ]  # fmt: skip
+        if backend == "onnx":  # worker processes decode while ONNX Runtime scores: the same records
+            command += ["--num-workers", "2", "--batch-size", "2"]
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert result.returncode == 0, result.stderr[-3000:]
         records[backend] = [json.loads(line) for line in output.read_text().splitlines()]
