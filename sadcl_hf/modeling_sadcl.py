@@ -9,6 +9,7 @@ confident positives and learnable class prototypes.
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import math
@@ -21,7 +22,6 @@ from huggingface_hub import create_repo
 import torch.nn.functional as F
 from timm.utils.model import freeze, freeze_batch_norm_2d
 from torch import nn
-from torchvision.ops.misc import FrozenBatchNorm2d
 from transformers import AutoBackbone, AutoModel, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING_NAMES
 from transformers.activations import ACT2FN
@@ -418,34 +418,23 @@ class SADCLPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Query2Label's init (Xavier-uniform matrices) for the input projection, transformer and heads; timm's
-        per-type init for backbone tensors (ResNet convolutions: Kaiming-normal fan-out; norms: weight 1, bias 0,
-        running mean 0, variance 1; other parameters: truncated normal). transformers' guarded `init` functions skip
-        tensors already set: timm's weights in a model built from a config (`SADCLBackbone` flags them) and tensors
-        a checkpoint held, so `from_pretrained` initialises exactly the missing ones."""
-        if isinstance(module, SADCLAttention):
+        """Query2Label's init (Xavier-uniform matrices) for the input projection, transformer and heads; the
+        backbone's own init for backbone tensors (`_init_backbone_as_built`). transformers' guarded `init` functions
+        skip tensors already set: the backbone's weights in a model built from a config (`SADCLBackbone` flags them)
+        and tensors a checkpoint held, so `from_pretrained` initialises exactly the missing ones."""
+        body = self.base_model.backbone.body
+        if not isinstance(body, PreTrainedModel) and any(module is submodule for submodule in body.modules()):
+            self._init_backbone_as_built(body)
+        elif isinstance(module, SADCLAttention):
             init.xavier_uniform_(module.in_proj_weight)
             init.zeros_(module.in_proj_bias)
-        elif isinstance(module, nn.Linear):
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):  # the input projection is the only Conv2d outside the backbone
             init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.Conv2d):
-            if module is self.base_model.input_projection:
-                init.xavier_uniform_(module.weight)
-            else:
-                init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, FrozenBatchNorm2d)):
-            if module.weight is not None:
-                init.ones_(module.weight)
-                init.zeros_(module.bias)
-            if getattr(module, "running_mean", None) is not None:
-                init.zeros_(module.running_mean)
-                init.ones_(module.running_var)
-            if getattr(module, "num_batches_tracked", None) is not None:
-                init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, std=1.0)
         elif isinstance(module, SADCLGroupWiseLinear):
@@ -454,11 +443,28 @@ class SADCLPreTrainedModel(PreTrainedModel):
             init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, SADCLForImageClassification):
             init.normal_(module.prototypes, std=1.0)
-        else:  # backbone modules' own parameters: position embeddings, class tokens, layer scales, ...
-            for parameter in module.parameters(recurse=False):
-                init.trunc_normal_(parameter, std=self.config.initializer_range)
         if hasattr(module, "init_non_persistent_buffers"):  # timm modules with computed buffers (Swin, ...)
             module.init_non_persistent_buffers()
+
+    def _init_backbone_as_built(self, body: nn.Module) -> None:
+        """Gives every tensor of the timm backbone `body` that nothing set (a checkpoint lacked it) the value a freshly
+        built backbone has, and flags it: the architecture's own init, whatever the family (ResNet: Kaiming-normal
+        convolutions and a zero last BatchNorm weight in each residual block, timm's `zero_init_last`; ViT/Swin:
+        truncated-normal embeddings; ConvNeXt: layer scales 1e-6, ...). A transformers backbone is a
+        `PreTrainedModel`, to which transformers applies its own `_init_weights`."""
+        missing = {
+            name: tensor
+            for name, tensor in body.state_dict(keep_vars=True).items()
+            if not getattr(tensor, "_is_hf_initialized", False)
+        }
+        if not missing:
+            return
+        config = copy.deepcopy(self.config)
+        config.use_pretrained_backbone = False
+        built = SADCLBackbone(config).body.state_dict()
+        for name, tensor in missing.items():
+            tensor.copy_(built[name])
+            tensor._is_hf_initialized = True
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Saves weights (safetensors) and config; with remote code registered, `auto_map` lists all three Auto
