@@ -390,8 +390,18 @@ def convert_official_state_dict(
 
     Returns:
         (config, state dict for `SADCLForImageClassification`).
+
+    Raises:
+        ValueError: a tensor holds NaN or inf (naming it), or the checkpoint is not an official one.
     """
     state_dict = {key: value.float() if value.is_floating_point() else value for key, value in state_dict.items()}
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(
+                f"the checkpoint's tensor {key!r} {tuple(value.shape)} holds {bad} non-finite values (NaN or inf) of "
+                f"{value.numel()}: the checkpoint is damaged (a diverged run or a corrupt file); nothing was converted"
+            )
     query = state_dict.get("query_embed.weight")
     if query is None:
         raise ValueError("not an official SADCL/Query2Label checkpoint: 'query_embed.weight' is missing")

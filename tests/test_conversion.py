@@ -1,16 +1,18 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from sadcl_hf import SADCLForImageClassification
 from sadcl_hf.conversion import convert_official_checkpoint, convert_official_state_dict
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_official_checkpoint.py"
+RESNET_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "q2l" / "resnet101_state_dict.fp16.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +92,23 @@ def test_foreign_and_missing_checkpoints_are_rejected(tmp_path):
         convert_official_state_dict({"conv.weight": torch.zeros(1)})
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         convert_official_checkpoint(tmp_path / "missing.pth", tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("query_embed.weight", float("nan")), ("backbone.0.body.conv1.weight", float("inf"))]
+)
+def test_non_finite_tensors_are_refused_naming_the_tensor(key, value, tmp_path):
+    """A diverged run's all-NaN `query_embed` (or one inf in the backbone) is not converted into a model that predicts
+    NaN: the converter stops with one line naming the tensor."""
+    state_dict = load_file(RESNET_FIXTURE)
+    state_dict[key] = state_dict[key].clone()
+    state_dict[key].view(-1)[0] = value
+    if key == "query_embed.weight":
+        state_dict[key].fill_(value)
+    with pytest.raises(ValueError, match=rf"tensor '{re.escape(key)}' .* non-finite") as raised:
+        convert_official_state_dict(state_dict)
+    assert "\n" not in str(raised.value)
+    save_file(state_dict, tmp_path / "damaged.safetensors")
+    with pytest.raises(ValueError, match=re.escape(key)):
+        convert_official_checkpoint(tmp_path / "damaged.safetensors", tmp_path / "out")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
