@@ -20,6 +20,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers.utils import IMAGE_PROCESSOR_NAME, cached_file
 
 from .attention_maps import logits_and_attention_maps, save_attention_grid
 from .data import ImageProcessorTransform
@@ -62,18 +63,21 @@ def load_tagger(
 ) -> MultiLabelImageClassificationPipeline:
     """The multi-label pipeline of a model folder or Hub id, with PyTorch or ONNX Runtime (`"onnx"`,
     `"onnx-int8"`: the folder's exported graphs, on the CPU). A folder without an image processor gets the
-    config's preprocessing, with a warning."""
+    config's preprocessing, with a warning; an unreadable one (not valid JSON) is an error naming the file."""
     if backend == "pytorch":
         model = AutoModelForImageClassification.from_pretrained(model_name, revision=revision)
     elif backend in ONNX_BACKENDS:
         model = SADCLOnnxModel.from_pretrained(model_name, file_name=ONNX_BACKENDS[backend], revision=revision)
     else:
         raise ValueError(f"backend must be 'pytorch' or one of {sorted(ONNX_BACKENDS)}, got {backend!r}")
-    try:
-        image_processor = AutoImageProcessor.from_pretrained(model_name, revision=revision)
-    except OSError:
+    processor_file = cached_file(
+        model_name, IMAGE_PROCESSOR_NAME, revision=revision, _raise_exceptions_for_missing_entries=False
+    )
+    if processor_file is None:
         print(f"warning: {model_name} has no image processor; using the config's preprocessing", file=sys.stderr)
         image_processor = image_processor_for_config(model.config)
+    else:  # a file that is there but unreadable raises transformers' error naming it
+        image_processor = AutoImageProcessor.from_pretrained(model_name, revision=revision)
     return MultiLabelImageClassificationPipeline(model=model, image_processor=image_processor, device=device)
 
 
