@@ -96,6 +96,14 @@ class SADCLTrainingArguments(TrainingArguments):
             raise ValueError("early_stopping_patience needs load_best_model_at_end and metric_for_best_model")
 
 
+class _EpochDataLoader(torch.utils.data.DataLoader):
+    """A `DataLoader` whose `set_epoch` (called by the Trainer before each epoch) reaches its dataset (a shuffled
+    `datasets.IterableDataset` draws its shard and buffer order from the epoch)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+
 class SADCLTrainer(Trainer):
     """Trains a `SADCLForImageClassification` with its own objective (`outputs.loss`, eq. 12), logging the mean of
     each component (`asl`, `sscl`, `pscl`) alongside the loss.
@@ -156,11 +164,12 @@ class SADCLTrainer(Trainer):
     def get_train_dataloader(self):
         """A streamed training set (`datasets.IterableDataset`) in a multi-process run: each process reads its own part
         (`datasets.distributed.split_dataset_by_node`: whole shards when their number is a multiple of the processes,
-        else every `world_size`-th example), batched here instead of being re-sharded by accelerate."""
+        else every `world_size`-th example), batched here instead of being re-sharded by accelerate; the Trainer's
+        `set_epoch` reaches the stream, which reshuffles each epoch."""
         dataset = self.train_dataset
         if not (isinstance(dataset, datasets.IterableDataset) and self.args.world_size > 1):
             return super().get_train_dataloader()
-        return torch.utils.data.DataLoader(
+        return _EpochDataLoader(
             split_dataset_by_node(dataset, rank=self.args.process_index, world_size=self.args.world_size),
             batch_size=self._train_batch_size,  # transformers 5.24: args.train_batch_size or auto_find_batch_size's
             collate_fn=self.data_collator,

@@ -1,5 +1,6 @@
 from types import SimpleNamespace
 
+import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -215,3 +216,52 @@ def test_resume_refuses_an_incomplete_checkpoint_and_names_the_newest_complete_o
         _train_with_checkpoints(tmp_path, 2).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     for latest in ("latest", "true", True):
         assert resolve_resume_checkpoint(latest, tmp_path) == str(tmp_path / "checkpoint-1")
+
+
+class _RecordingCollator:
+    """Batches `{"id"}` rows into random 64 px images (seeded by id) with class 0 present; records the ids."""
+
+    def __init__(self):
+        self.ids = []
+
+    def __call__(self, rows):
+        ids = [row["id"] for row in rows]
+        self.ids.extend(ids)
+        pixel_values = torch.stack([torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in ids])
+        labels = torch.zeros(len(ids), NUM_LABELS)
+        labels[:, 0] = 1
+        return {"pixel_values": pixel_values, "labels": labels}
+
+
+def _stream(num_rows: int):
+    rows = datasets.Dataset.from_dict({"id": list(range(num_rows))})
+    return rows.to_iterable_dataset(num_shards=4).shuffle(seed=0, buffer_size=num_rows)
+
+
+def test_streamed_training_reshuffles_each_epoch(tmp_path):
+    collator = _RecordingCollator()
+    trainer = SADCLTrainer(
+        model=make_tiny_model(), train_dataset=_stream(8), data_collator=collator,
+        args=_arguments(tmp_path, max_steps=4, per_device_train_batch_size=4, use_ema=False),
+    )  # fmt: skip
+    trainer.train()
+    first, second = collator.ids[:8], collator.ids[8:16]
+    assert sorted(first) == sorted(second) == list(range(8))
+    assert first != second
+
+
+def test_each_process_of_a_streamed_run_reshuffles_each_epoch(tmp_path, monkeypatch):
+    """With several processes the trainer batches each process's part of the stream itself: `set_epoch` must reach
+    it."""
+    trainer = SADCLTrainer(
+        model=make_tiny_model(), train_dataset=_stream(64), data_collator=_RecordingCollator(),
+        args=_arguments(tmp_path, per_device_train_batch_size=4, max_steps=1),
+    )  # fmt: skip
+    monkeypatch.setattr(SADCLTrainingArguments, "world_size", property(lambda self: 2))
+    loader = trainer.get_train_dataloader()
+    orders = []
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        orders.append([row["id"] for row in loader.dataset])
+    assert sorted(orders[0]) == sorted(orders[1]) and len(orders[0]) == 32  # process 0's half of the stream
+    assert orders[0] != orders[1]
