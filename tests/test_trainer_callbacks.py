@@ -13,6 +13,7 @@ from sadcl_hf.callbacks import (
     CheckpointStateCallback,
     OnlinePrototypeCallback,
     checkpoint_is_complete,
+    mark_checkpoint_complete,
     newest_complete_checkpoint,
     process_file_name,
     resolve_resume_checkpoint,
@@ -265,3 +266,54 @@ def test_each_process_of_a_streamed_run_reshuffles_each_epoch(tmp_path, monkeypa
         orders.append([row["id"] for row in loader.dataset])
     assert sorted(orders[0]) == sorted(orders[1]) and len(orders[0]) == 32  # process 0's half of the stream
     assert orders[0] != orders[1]
+
+
+def _save_processes(folder, world_size, banks, online_states):
+    """Writes a checkpoint as `world_size` processes would: one bank and online prototype state each."""
+    for rank in range(world_size):
+        args = SimpleNamespace(process_index=rank, world_size=world_size, should_save=rank == 0)
+        model = make_tiny_model()
+        model.memory_bank = banks[rank]
+        online = OnlinePrototypeCallback(NUM_LABELS, HIDDEN_DIM, threshold=0.0, num_steps=10)
+        online.initializer.load_state_dict(online_states[rank])
+        CheckpointStateCallback(None, online).save(folder, args, model)
+    mark_checkpoint_complete(folder, world_size)
+
+
+def _restore_process(folder, rank, world_size):
+    model = make_tiny_model(seed=3)
+    online = OnlinePrototypeCallback(NUM_LABELS, HIDDEN_DIM, threshold=0.0, num_steps=10)
+    callback = CheckpointStateCallback(None, online)
+    callback.resume_from = folder
+    args = SimpleNamespace(process_index=rank, world_size=world_size)
+    callback.on_train_begin(args, TrainerState(global_step=2), TrainerControl(), model=model)
+    return model.memory_bank, online.initializer.state_dict()
+
+
+def _online_state(generator):
+    counts = torch.randint(0, 4, (NUM_LABELS,), generator=generator)
+    return {"means": torch.randn(NUM_LABELS, HIDDEN_DIM, generator=generator, dtype=torch.float64), "counts": counts}
+
+
+def test_resume_on_another_number_of_processes_redistributes_banks_and_merges_online_sums(tmp_path, caplog):
+    """2 -> 1: process 0 keeps saved process 0's bank; the online prototype sums of both are merged (their total is
+    unchanged). 1 -> 2: both processes start from the saved bank; process 0 takes the online state, process 1 none."""
+    generator = torch.Generator().manual_seed(0)
+    banks = [torch.randn(4, NUM_LABELS, HIDDEN_DIM, generator=generator) for _ in range(2)]
+    states = [_online_state(generator) for _ in range(2)]
+    _save_processes(tmp_path / "two", 2, banks, states)
+    with caplog.at_level("WARNING", logger="sadcl_hf.callbacks"):
+        bank, online = _restore_process(tmp_path / "two", rank=0, world_size=1)
+    assert "saved by 2 processes, resumed on 1" in caplog.text
+    assert torch.equal(bank, banks[0])
+    counts = states[0]["counts"] + states[1]["counts"]
+    assert torch.equal(online["counts"], counts)
+    sums = sum(state["means"] * state["counts"][:, None] for state in states)
+    seen = counts > 0
+    torch.testing.assert_close(online["means"][seen] * counts[seen, None], sums[seen], rtol=1e-12, atol=1e-12)
+
+    _save_processes(tmp_path / "one", 1, banks[:1], states[:1])
+    for rank in (0, 1):
+        bank, online = _restore_process(tmp_path / "one", rank=rank, world_size=2)
+        assert torch.equal(bank, banks[0])
+        assert online["counts"].sum() == (states[0]["counts"].sum() if rank == 0 else 0)
