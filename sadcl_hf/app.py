@@ -3,15 +3,18 @@
     python scripts/app.py --model runs/demo/model            # then open http://127.0.0.1:7860
 
     from sadcl_hf.app import build_app
-    build_app("runs/demo/model").queue().launch()
+    build_app("runs/demo/model").queue().launch(max_file_size=DEFAULT_MAX_FILE_SIZE)
 
-The page takes one or more images (upload or drop), lists each image's tags with their scores, has a threshold
-slider (by default the model's calibrated per-class thresholds, `config.thresholds`, apply), and shows, for a chosen
-image and tag, the decoder's cross-attention map of that tag over the image. Tags come from the
-`multi-label-image-classification` pipeline (its preprocessing, forward and label selection), so they are the ones
-`pipeline(...)(image)` returns; moving the threshold re-selects from the stored logits without running the model.
-The model runs in Gradio's queue, one request at a time, while re-thresholding runs beside it, so the page never
-waits on the model.
+The page takes one or more images (upload, drop, or a click on an example thumbnail), shows their thumbnails, lists
+each image's tags with their scores, has a threshold slider (by default the model's calibrated per-class thresholds,
+`config.thresholds`, apply), and shows, for a chosen image and tag, the decoder's cross-attention map of that tag over
+the image (tags below the threshold are marked so). Tags come from the `multi-label-image-classification` pipeline
+(its preprocessing, model and label selection), so they are the ones `pipeline(...)(image)` returns; moving the
+threshold re-selects from the stored logits without running the model.
+
+Serving: requests that arrive together are batched (Gradio's `batch=True`, up to `max_batch_size` requests) into one
+forward that returns the logits and the attention maps of every image; one batch runs at a time, re-thresholding
+runs beside it. Uploaded files are deleted from Gradio's cache `delete_cache` seconds after upload.
 """
 
 from __future__ import annotations
@@ -29,13 +32,22 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .attention_maps import class_attention_maps, render_attention_grid
+from .attention_maps import logits_and_attention_maps, render_attention_grid
 from .data.images import ImageLoadError
+from .onnx_runtime import SADCLOnnxModel
 from .pipeline import load_pipeline_image, resolve_thresholds
 
 __all__ = [
-    "Tagger", "build_app", "default_examples", "digits_mosaic_examples", "space_requirements", "write_space_folder"
-]
+    "DEFAULT_DELETE_CACHE", "DEFAULT_MAX_BATCH_SIZE", "DEFAULT_MAX_FILE_SIZE", "Tagger", "build_app",
+    "default_examples", "digits_mosaic_examples", "space_requirements", "tagger_load_benchmark", "write_space_folder",
+]  # fmt: skip
+
+DEFAULT_MAX_FILE_SIZE = "20mb"
+"""Largest upload the page accepts (Gradio's `launch(max_file_size=...)`); larger ones are refused with a message."""
+DEFAULT_DELETE_CACHE = (3600, 3600)
+"""Gradio's `delete_cache` (every `frequency` seconds, delete the uploads older than `age` seconds)."""
+DEFAULT_MAX_BATCH_SIZE = 16
+"""Most concurrent requests batched into one forward."""
 
 _CSS = """
 .sadcl-image { margin-bottom: 0.8em; }
@@ -54,44 +66,66 @@ class Tagger:
     Args:
         model_name_or_path: a sadcl-hf model folder (or converted checkpoint) or Hub id.
         device: where the model runs (the app is made for the CPU).
+        backend: `"pytorch"`, or `"onnx"` / `"onnx-int8"` for the folder's exported graphs (no attention maps).
     """
 
-    def __init__(self, model_name_or_path: str | os.PathLike, device: str = "cpu"):
+    def __init__(self, model_name_or_path: str | os.PathLike, device: str = "cpu", backend: str = "pytorch"):
         from .inference import load_tagger
 
         model_name_or_path = os.fspath(model_name_or_path)
-        self.pipeline = load_tagger(model_name_or_path, device)
+        self.pipeline = load_tagger(model_name_or_path, device, backend=backend)
         if getattr(self.pipeline.model.config, "model_type", None) != "sadcl":
             raise ValueError(
                 f"{model_name_or_path} holds a {self.pipeline.model.config.model_type!r} model; the tagger needs a "
                 "SADCL model (config.json with model_type 'sadcl')"
             )
         self.name = model_name_or_path
+        self.backend = backend
         self.model = self.pipeline.model.eval()
         self.label_names = self.pipeline.label_names
         self.has_calibrated_thresholds = getattr(self.model.config, "thresholds", None) is not None
+        self.has_attention_maps = not isinstance(self.model, SADCLOnnxModel)
 
     def thresholds(self, calibrated: bool, threshold: float) -> np.ndarray:
         """[K] decision thresholds: the model's own (`config.thresholds`, else 0.5) or `threshold` for every class."""
         return resolve_thresholds(None if calibrated else float(threshold), self.model.config)
 
-    @torch.no_grad()
-    def logits(self, image: PIL.Image.Image) -> list[float]:
-        """The pipeline's logits [K] for one image (its preprocessing and forward)."""
-        outputs = self.pipeline.forward(self.pipeline.preprocess(image))
-        return outputs["logits"][0].float().tolist()
+    def forward(self, images: Sequence[PIL.Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
+        """One forward over `images` (the pipeline's preprocessing): logits [N, K] float32 and, with the PyTorch
+        backend, the decoder's cross-attention maps [N, K, h, w] (else None)."""
+        pixel_values = self.pipeline.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        if not self.has_attention_maps:
+            with torch.inference_mode():
+                logits = self.model(pixel_values=pixel_values).logits
+            return logits.float().cpu().numpy(), None
+        logits, maps = logits_and_attention_maps(self.model, pixel_values)
+        return logits.numpy(), maps.numpy()
 
     def tags(self, logits: Sequence[float], thresholds: np.ndarray) -> list[dict[str, Any]]:
         """`[{"label", "score"}]` of the labels that reach their threshold, by decreasing score (the pipeline's own
         selection, [`MultiLabelImageClassificationPipeline.postprocess`])."""
-        return self.pipeline.postprocess({"logits": torch.tensor([logits])}, threshold=thresholds)
+        return self.pipeline.postprocess({"logits": torch.tensor(np.asarray([logits]))}, threshold=thresholds)
 
-    def attention_overlay(self, image: PIL.Image.Image, label_index: int) -> PIL.Image.Image:
-        """The image beside its cross-attention map for class `label_index`, titled with the label and its score."""
-        pixel_values = self.pipeline.preprocess(image)["pixel_values"]
-        probabilities, maps = class_attention_maps(self.model, pixel_values)
-        title = f"{self.label_names[label_index]} {probabilities[0, label_index].item():.2f}"
-        return render_attention_grid(image, maps[0, [label_index]], [title], image_title="input", tile_size=320)
+    def label_choices(self, logits: Sequence[float], thresholds: np.ndarray) -> list[tuple[str, int]]:
+        """Every label of an image by decreasing score, as (text, class index) choices; the text of a label below
+        its threshold says so, e.g. `"cat (0.412, below threshold 0.500)"`."""
+        ranked = self.tags(logits, np.zeros(len(self.label_names)))
+        index_of = {name: index for index, name in enumerate(self.label_names)}
+        choices = []
+        for tag in ranked:
+            index = index_of[tag["label"]]
+            below = "" if tag["score"] >= thresholds[index] else f", below threshold {thresholds[index]:.3f}"
+            choices.append((f"{tag['label']} ({tag['score']:.3f}{below})", index))
+        return choices
+
+    def attention_overlay(
+        self, image: PIL.Image.Image, maps: np.ndarray, logits: Sequence[float], label_index: int
+    ) -> PIL.Image.Image:
+        """The image beside its cross-attention map (`maps` [K, h, w], from [`Tagger.forward`]) for class
+        `label_index`, titled with the label and its score."""
+        score = 1.0 / (1.0 + np.exp(-float(logits[label_index])))
+        title = f"{self.label_names[label_index]} {score:.2f}"
+        return render_attention_grid(image, maps[[label_index]], [title], image_title="input", tile_size=320)
 
 
 def digits_mosaic_examples(
@@ -149,28 +183,32 @@ def _tags_html(names: Sequence[str], tags: Sequence[Sequence[dict[str, Any]]], t
     return "".join(parts)
 
 
-def build_app(model: str | os.PathLike | Tagger, examples: Sequence[str | os.PathLike] = (), title: str | None = None):
-    """The tagger page as a `gradio.Blocks` (not launched: call `.queue().launch()`).
+def build_app(
+    model: str | os.PathLike | Tagger,
+    examples: Sequence[str | os.PathLike] = (),
+    title: str | None = None,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    delete_cache: tuple[int, int] | None = DEFAULT_DELETE_CACHE,
+):
+    """The tagger page as a `gradio.Blocks` (not launched: call `.queue().launch(max_file_size=...)`).
 
     Args:
         model: a [`Tagger`] or what it loads (model folder, converted checkpoint, Hub id).
-        examples: image files offered as one-click examples (e.g. [`digits_mosaic_examples`]).
+        examples: image files offered as one-click example thumbnails (e.g. [`digits_mosaic_examples`]).
         title: page heading (default: the model's name).
+        max_batch_size: most concurrent tagging requests batched into one forward.
+        delete_cache: Gradio's `(frequency, age)` in seconds for deleting uploads from its cache; None keeps them.
     """
     try:
         import gradio as gr
     except ImportError as error:
         raise ImportError('the web tagger needs Gradio: pip install "sadcl-hf[app]"') from error
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
 
     tagger = model if isinstance(model, Tagger) else Tagger(model)
     label_names = tagger.label_names
-
-    index_of = {name: index for index, name in enumerate(label_names)}
-
-    def label_choices(logits: Sequence[float]) -> list[tuple[str, int]]:
-        """Every label of an image, by decreasing score, as (text, class index) dropdown choices."""
-        ranked = tagger.tags(logits, np.zeros(len(label_names)))
-        return [(f"{tag['label']} ({tag['score']:.2f})", index_of[tag["label"]]) for tag in ranked]
+    no_maps = "" if tagger.has_attention_maps else f"\n\nAttention maps need the PyTorch backend ({tagger.backend})."
 
     def render(state: dict | None, calibrated: bool, threshold: float) -> str:
         if not state or not state["names"]:
@@ -179,67 +217,109 @@ def build_app(model: str | os.PathLike | Tagger, examples: Sequence[str | os.Pat
         tags = [tagger.tags(logits, thresholds) for logits in state["logits"]]
         return _tags_html(state["names"], tags, thresholds)
 
-    def tag_images(files: list[str] | None, calibrated: bool, threshold: float):
-        state = {"names": [], "paths": [], "logits": []}
-        problems = []
-        for path in files or []:
-            name = Path(path).name
-            try:
-                image = load_pipeline_image(path)
-            except ImageLoadError as error:
-                problems.append(f"**{name}** is not an image sadcl-hf can read: {error.reason}")
-                continue
-            state["names"].append(name)
-            state["paths"].append(path)
-            state["logits"].append(tagger.logits(image))
+    def overlay_of(state: dict, image_index: int, label_index: int, image: PIL.Image.Image | None = None):
+        if state["maps"] is None:
+            return None
+        image = image if image is not None else load_pipeline_image(state["paths"][image_index])
+        return tagger.attention_overlay(image, state["maps"][image_index], state["logits"][image_index], label_index)
+
+    def request_outputs(files, state, problems, images, calibrated, threshold):
+        """The page's outputs for one tagging request whose readable images were run into `state`."""
         status = "\n\n".join(problems)
         if files and not state["names"]:
             status += "\n\nUpload image files (PNG, JPEG, WebP, ...)."
         if not state["names"]:
             empty = gr.update(choices=[], value=None)
-            return state, status, "", empty, empty, None
+            return state, status, "", [], empty, empty, None
         image_choice = gr.update(choices=[(n, i) for i, n in enumerate(state["names"])], value=0)
-        choices = label_choices(state["logits"][0])
-        overlay = tagger.attention_overlay(load_pipeline_image(state["paths"][0]), choices[0][1])
+        choices = tagger.label_choices(state["logits"][0], tagger.thresholds(calibrated, threshold))
+        thumbnails = list(zip(state["paths"], state["names"]))
         return (
-            state, status, render(state, calibrated, threshold), image_choice,
-            gr.update(choices=choices, value=choices[0][1]), overlay,
+            state, status + no_maps, render(state, calibrated, threshold), thumbnails, image_choice,
+            gr.update(choices=choices, value=choices[0][1]), overlay_of(state, 0, choices[0][1], images[0]),
         )  # fmt: skip
 
-    def choose_image(state: dict | None, image_index: int | None):
+    def tag_images(files_batch: list, calibrated_batch: list, threshold_batch: list):
+        """Batched (Gradio `batch=True`): every readable image of every request in one [`Tagger.forward`]."""
+        requests, images = [], []
+        for files in files_batch:
+            names, paths, problems = [], [], []
+            for path in files or []:
+                name = Path(path).name
+                try:
+                    images.append(load_pipeline_image(path))
+                except ImageLoadError as error:
+                    problems.append(f"**{name}** is not an image sadcl-hf can read: {error.reason}")
+                    continue
+                names.append(name)
+                paths.append(path)
+            requests.append((files, names, paths, problems))
+        logits, maps = tagger.forward(images) if images else (np.zeros((0, len(label_names))), None)
+        columns, start = [[] for _ in range(7)], 0
+        for (files, names, paths, problems), calibrated, threshold in zip(requests, calibrated_batch, threshold_batch):
+            end = start + len(names)
+            state = {
+                "names": names, "paths": paths, "logits": logits[start:end].tolist(),
+                "maps": None if maps is None else maps[start:end],
+            }  # fmt: skip
+            outputs = request_outputs(files, state, problems, images[start:end], calibrated, threshold)
+            for column, value in zip(columns, outputs):
+                column.append(value)
+            start = end
+        return tuple(columns)
+
+    def choose_image(state: dict | None, image_index: int | None, calibrated: bool, threshold: float):
         if not state or image_index is None:
             return gr.update(), None
-        choices = label_choices(state["logits"][image_index])
-        overlay = tagger.attention_overlay(load_pipeline_image(state["paths"][image_index]), choices[0][1])
-        return gr.update(choices=choices, value=choices[0][1]), overlay
+        choices = tagger.label_choices(state["logits"][image_index], tagger.thresholds(calibrated, threshold))
+        return gr.update(choices=choices, value=choices[0][1]), overlay_of(state, image_index, choices[0][1])
 
     def choose_label(state: dict | None, image_index: int | None, label_index: int | None):
         if not state or image_index is None or label_index is None:
             return None
-        return tagger.attention_overlay(load_pipeline_image(state["paths"][image_index]), label_index)
+        return overlay_of(state, image_index, label_index)
 
-    def move_threshold(state: dict | None, threshold: float):
-        return False, render(state, False, threshold)
+    def rethreshold(state: dict | None, image_index: int | None, calibrated: bool, threshold: float):
+        """The tags and the attention panel's label choices (which mark the labels below threshold) anew."""
+        if not state or image_index is None:
+            return render(state, calibrated, threshold), gr.update()
+        choices = tagger.label_choices(state["logits"][image_index], tagger.thresholds(calibrated, threshold))
+        return render(state, calibrated, threshold), gr.update(choices=choices)
+
+    def move_threshold(state: dict | None, image_index: int | None, threshold: float):
+        return False, *rethreshold(state, image_index, False, threshold)
+
+    def pick_example(selected):
+        """The clicked example thumbnail (its copy in Gradio's cache) as the upload."""
+        return [selected.value["image"]["path"]]
+
+    pick_example.__annotations__["selected"] = gr.SelectData  # a real class: Gradio injects the event by its type
 
     calibrated_info = (
         "the thresholds calibrated into the model's config; moving the slider switches to one threshold for all"
         if tagger.has_calibrated_thresholds
         else "this model has no calibrated thresholds (scripts/calibrate_thresholds.py): 0.5 for every class"
     )
-    with gr.Blocks(title="SADCL tagger", analytics_enabled=False) as app:
+    with gr.Blocks(title="SADCL tagger", analytics_enabled=False, delete_cache=delete_cache) as app:
         gr.Markdown(
             f"# SADCL tagger\n`{html.escape(title or tagger.name)}`: {len(label_names)} labels. Drop one or more "
-            "images; each gets the labels whose score reaches the threshold. Pick a tag to see where its class query "
-            "attends in the image."
+            "images or click an example; each gets the labels whose score reaches the threshold. Pick a tag to see "
+            "where its class query attends in the image."
         )
         state = gr.State()
         with gr.Row():
             with gr.Column(scale=1):
                 files = gr.File(label="Images", file_count="multiple", elem_id="sadcl-images")
+                thumbnails = gr.Gallery(
+                    label="Tagged images", columns=4, height="auto", allow_preview=False, interactive=False,
+                    elem_id="sadcl-thumbnails",
+                )  # fmt: skip
                 if examples:
-                    gr.Examples(
-                        examples=[[os.fspath(path)] for path in examples], inputs=files, label="Example images"
-                    )
+                    example_gallery = gr.Gallery(
+                        value=[(os.fspath(path), Path(path).name) for path in examples], label="Example images",
+                        columns=4, height="auto", allow_preview=False, interactive=False, elem_id="sadcl-examples",
+                    )  # fmt: skip
+                    example_gallery.select(pick_example, None, files, show_progress="hidden")
                 calibrated = gr.Checkbox(
                     label="Per-class thresholds of the model",
                     value=tagger.has_calibrated_thresholds,
@@ -255,23 +335,31 @@ def build_app(model: str | os.PathLike | Tagger, examples: Sequence[str | os.Pat
                 tags = gr.HTML(elem_id="sadcl-tags", css_template=_CSS)
                 with gr.Row():
                     image_choice = gr.Dropdown(label="Image", type="value", elem_id="sadcl-image-choice")
-                    label_choice = gr.Dropdown(label="Tag", type="value", elem_id="sadcl-label-choice")
+                    label_choice = gr.Dropdown(
+                        label="Tag", type="value", elem_id="sadcl-label-choice",
+                        info="every label by score; those below their threshold are marked so",
+                    )  # fmt: skip
                 overlay = gr.Image(label="Attention map", type="pil", interactive=False, elem_id="sadcl-attention")
 
+        # Concurrent tagging requests become one batch, one forward; one batch at a time.
         model_events = {"concurrency_id": "model", "concurrency_limit": 1}
         # Re-thresholding never waits for the model; one at a time, the latest value last, so the page shows it.
         instant = {
             "concurrency_id": "threshold", "concurrency_limit": 1, "trigger_mode": "always_last",
             "show_progress": "hidden",
         }  # fmt: skip
+        attention_events = {"concurrency_id": "attention", "concurrency_limit": 1}
         files.change(
             tag_images, [files, calibrated, threshold],
-            [state, status, tags, image_choice, label_choice, overlay], **model_events,
+            [state, status, tags, thumbnails, image_choice, label_choice, overlay],
+            batch=True, max_batch_size=max_batch_size, api_name="tag_images", **model_events,
         )  # fmt: skip
-        threshold.input(move_threshold, [state, threshold], [calibrated, tags], **instant)
-        calibrated.input(render, [state, calibrated, threshold], tags, **instant)
-        image_choice.input(choose_image, [state, image_choice], [label_choice, overlay], **model_events)
-        label_choice.input(choose_label, [state, image_choice, label_choice], overlay, **model_events)
+        threshold.input(move_threshold, [state, image_choice, threshold], [calibrated, tags, label_choice], **instant)
+        calibrated.input(rethreshold, [state, image_choice, calibrated, threshold], [tags, label_choice], **instant)
+        image_choice.input(
+            choose_image, [state, image_choice, calibrated, threshold], [label_choice, overlay], **attention_events
+        )
+        label_choice.input(choose_label, [state, image_choice, label_choice], overlay, **attention_events)
     return app
 
 

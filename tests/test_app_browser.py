@@ -1,6 +1,7 @@
 """The web tagger in a real browser: `scripts/app.py` serves a saved model on a free localhost port and headless
 Chromium (Debian's `chromium` and `chromium-driver` packages, installed by `.ci/run`), driven through Selenium, uploads
-an image, reads the tags, moves the threshold and uploads a file that is not an image."""
+an image, reads the tags, sees the thumbnails and the labels marked below threshold, moves the threshold, clicks an
+example thumbnail and uploads a file that is not an image."""
 
 import os
 import socket
@@ -47,6 +48,7 @@ def tagged(tmp_path_factory):
     draw.rectangle((55, 30, 90, 75), fill=(200, 30, 60))
     image_path = folder / "shapes.png"
     image.save(image_path)
+    image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT).rotate(90, expand=True).save(folder / "example.png")
 
     torch.manual_seed(3)
     config = SADCLConfig.from_preset("tiny", id2label=dict(enumerate(LABELS)), use_pretrained_backbone=False)
@@ -79,7 +81,7 @@ def app_url(tagged, tmp_path_factory):
     log = tmp_path_factory.mktemp("app") / "app.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "NO_PROXY": "127.0.0.1,localhost"}
     command = [sys.executable, "scripts/app.py", "--model", str(model_dir), "--port", str(port)]
-    command += ["--examples", str(image_path)]
+    command += ["--examples", str(image_path.with_name("example.png"))]
     with open(log, "w") as output:
         server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -152,6 +154,19 @@ def test_tagger_page_in_chromium(tagged, app_url, browser, tmp_path):
     _wait_for_tags(browser, image_path.name, calibrated)
     WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sadcl-attention img"))
     assert browser.find_element(By.CSS_SELECTOR, "#sadcl-calibrated input[type=checkbox]").is_selected()
+    assert browser.find_elements(By.CSS_SELECTOR, "#sadcl-thumbnails img"), "the upload shows no thumbnail"
+    # The attention panel's tag list has every label; the three below their threshold say so.
+    browser.find_element(By.CSS_SELECTOR, "#sadcl-label-choice input").click()
+    options = WebDriverWait(browser, 30).until(
+        lambda d: [
+            option.get_attribute("aria-label")
+            for option in d.find_elements(By.CSS_SELECTOR, "li[data-testid=dropdown-option]")
+        ]
+        or None
+    )
+    below = {option.split(" (")[0] for option in options if "below threshold" in option}
+    assert len(options) == len(LABELS) and below == set(LABELS) - set(calibrated), options
+    browser.find_element(By.CSS_SELECTOR, "#sadcl-label-choice input").send_keys(Keys.ESCAPE)
 
     # One threshold for every class, chosen so that it tags a different set; moved with the keyboard (0.01 a step).
     scores = sorted(tag["score"] for tag in tagger(str(image_path), threshold=0.0))
@@ -167,6 +182,14 @@ def test_tagger_page_in_chromium(tagged, app_url, browser, tmp_path):
     assert not browser.find_element(By.CSS_SELECTOR, "#sadcl-calibrated input[type=checkbox]").is_selected()
     screenshot = tmp_path / "tagger.png"
     assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
+
+    # An example thumbnail, clicked: tagged as the pipeline tags the file.
+    example_path = image_path.with_name("example.png")
+    example_tags = [tag["label"] for tag in tagger(str(example_path))]
+    browser.get(app_url)
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sadcl-examples img"))[0].click()
+    _wait_for_tags(browser, example_path.name, example_tags)
+    assert browser.find_elements(By.CSS_SELECTOR, "#sadcl-thumbnails img")
 
     # A file that is not an image: a message names it, nothing is tagged.
     not_an_image = tmp_path / "notes.txt"
