@@ -332,6 +332,9 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
         model.sadcl.backbone.to(memory_format=torch.channels_last)
     config = model.config
     mean, std = backbone_normalization(config)
+    unreadable_list = output_dir / UNREADABLE_IMAGES_FILE
+    if not training_args.resume_from_checkpoint and training_args.should_save:
+        unreadable_list.unlink(missing_ok=True)  # a fresh run lists its own unreadable images; a resumed one adds
     train_collator = MultiLabelCollator(
         config.num_labels,
         build_train_transform(
@@ -345,7 +348,7 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
             cutout=data_args.cutout,
         ),
         max_unreadable_fraction=data_args.max_unreadable_fraction,
-        unreadable_list=output_dir / UNREADABLE_IMAGES_FILE,
+        unreadable_list=unreadable_list,
     )
     # images decoded by the collator, where an unreadable one can be skipped (decoding in the dataset would raise)
     train_dataset = train_dataset.cast_column("image", datasets.Image(decode=False))
@@ -377,11 +380,10 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
         callbacks=callbacks,
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    unreadable = read_unreadable_list(output_dir / UNREADABLE_IMAGES_FILE)
+    unreadable = read_unreadable_list(unreadable_list)
     if unreadable:
         train_result.metrics["train_unreadable_images"] = len(unreadable)
-        listing = output_dir / UNREADABLE_IMAGES_FILE
-        logger.warning("Skipped %d unreadable training image(s), listed in %s", len(unreadable), listing)
+        logger.warning("Skipped %d unreadable training image(s), listed in %s", len(unreadable), unreadable_list)
     trainer.save_metrics("train", train_result.metrics)
     metrics = _evaluation_of_final_weights(trainer) or trainer.evaluate()
     trainer.save_metrics("eval", metrics)
