@@ -9,6 +9,7 @@ output folder as the kill left it. The parent then saves normally and finishes: 
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -153,3 +154,49 @@ def test_resume_latest_after_a_kill_ends_like_the_uninterrupted_run(killed_saves
         assert expected.keys() == resumed.keys()
         for key in expected:
             assert resumed[key].equal(expected[key]), f"{name}: {key}"
+
+
+def _launch(num_processes: int, output_dir: Path, cache: Path, *extra) -> str:
+    """`scripts/train.py` on `num_processes` CPU processes (`accelerate launch`, gloo); returns its output."""
+    data_options = {"num_train": 32, "num_validation": 8, "num_test": 8, "cache_dir": str(cache)}
+    arguments = [
+        "--config", PROJECT_ROOT / "configs" / "demo.yaml", "--output_dir", output_dir,
+        "--dataset_options", json.dumps(data_options), "--max_eval_samples", "8", "--image_size", "32",
+        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--logging_steps", "1",
+        "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2", *extra,
+    ]  # fmt: skip
+    if num_processes == 1:
+        command = [sys.executable, PROJECT_ROOT / "scripts" / "train.py", *arguments]
+    else:
+        accelerate = Path(sys.executable).with_name("accelerate")
+        command = [accelerate, "launch", "--multi_gpu", "--num_processes", num_processes, "--num_machines", "1",
+                   "--mixed_precision", "no", PROJECT_ROOT / "scripts" / "train.py", *arguments]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=600, env=env, cwd=PROJECT_ROOT)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+def _world_size(checkpoint: Path) -> int:
+    return json.loads((checkpoint / "checkpoint_complete.json").read_text())["world_size"]
+
+
+def test_resume_from_two_processes_on_one_and_back(tmp_path):
+    """A checkpoint of 2 processes resumes on 1 and one of 1 process on 2, with the documented warning (process r
+    takes saved process r % S's memory bank)."""
+    output_dir = tmp_path / "run"
+    _launch(2, output_dir, tmp_path / "cache")
+    assert _world_size(output_dir / "checkpoint-2") == 2
+    assert {path.name for path in (output_dir / "checkpoint-2").glob("memory_bank-*")} == {
+        "memory_bank-rank0.safetensors", "memory_bank-rank1.safetensors"
+    }  # fmt: skip
+    for step in (4, 6):
+        shutil.rmtree(output_dir / f"checkpoint-{step}")
+    output = _launch(1, output_dir, tmp_path / "cache", "--resume_from_checkpoint", "latest")
+    assert "saved by 2 processes, resumed on 1" in output
+    assert _world_size(output_dir / "checkpoint-4") == 1
+    shutil.rmtree(output_dir / "checkpoint-6")
+    output = _launch(2, output_dir, tmp_path / "cache", "--resume_from_checkpoint", "true")
+    assert "saved by 1 processes, resumed on 2" in output
+    assert _world_size(output_dir / "checkpoint-6") == 2
