@@ -79,6 +79,7 @@ def test_too_many_unreadable_images_stop_with_a_clear_message(tmp_path):
 
 
 def _examples(tmp_path: Path, num_good: int, bad_names: list[str]) -> tuple[list[dict], list[Path]]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     good = tmp_path / "good.png"
     PIL.Image.new("RGB", (6, 6), "blue").save(good)
     bad_paths = []
@@ -127,3 +128,18 @@ def test_collator_fraction_rule(tmp_path):
         MultiLabelCollator(2)(good + [first_bad])  # the default 0: the first unreadable image raises
     with pytest.raises(ValueError, match="max_unreadable_fraction must be a number in"):
         MultiLabelCollator(2, max_unreadable_fraction=1.5)
+
+
+def test_dataloader_workers_share_the_list_and_stop_with_a_one_line_error(tmp_path):
+    examples, bad_paths = _examples(tmp_path, num_good=14, bad_names=["x.png"])
+    listing = tmp_path / "unreadable.txt"
+    collator = MultiLabelCollator(2, max_unreadable_fraction=0.5, unreadable_list=listing)
+    loader = torch.utils.data.DataLoader(examples * 2, batch_size=5, num_workers=2, collate_fn=collator)
+    assert sum(len(batch["labels"]) for batch in loader) == 30  # every batch keeps its size
+    assert read_unreadable_list(listing) == [str(bad_paths[0])]  # two workers saw the file twice: listed once
+
+    examples, bad_paths = _examples(tmp_path / "many", num_good=2, bad_names=["y.png", "z.png"])
+    strict = MultiLabelCollator(2, max_unreadable_fraction=0.1)
+    with pytest.raises(TooManyUnreadableImagesError) as raised:
+        list(torch.utils.data.DataLoader(examples, batch_size=4, num_workers=1, collate_fn=strict))
+    assert str(raised.value).startswith("2 of the 4 images seen were unreadable") and "\n" not in str(raised.value)

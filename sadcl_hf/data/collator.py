@@ -23,6 +23,14 @@ logger = logging.getLogger(__name__)
 class TooManyUnreadableImagesError(RuntimeError):
     """More than `max_unreadable_fraction` of the images a [`MultiLabelCollator`] saw were unreadable."""
 
+    def __init__(self, message: str):
+        # A DataLoader worker's error is re-raised with torch's "Caught ... Original Traceback ..." text as the
+        # message: keep the collator's own (the traceback's last line), so the error stays one line.
+        marker = f"{type(self).__name__}: "
+        if "Original Traceback" in message and marker in message:
+            message = message.rstrip().rsplit(marker, 1)[1]
+        super().__init__(message)
+
 
 def read_unreadable_list(path: Union[str, os.PathLike]) -> list[str]:
     """The distinct image files recorded in a collator's `unreadable_list` file (empty when it does not exist)."""
