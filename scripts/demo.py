@@ -9,7 +9,8 @@
 5. calibrates per-class thresholds on the validation split;
 6. saves a Hub-ready folder to OUTPUT_DIR/model (weights, config with labels and thresholds, image processor,
    remote code, model card with the measured results);
-7. tags test images with `pipeline("multi-label-image-classification")`, writes attention maps, and the t-SNE
+7. writes test images to OUTPUT_DIR/examples/test_N.png (the README's snippets tag them), tags them with
+   `pipeline("multi-label-image-classification")`, writes attention maps, and the t-SNE
    pictures of the label-level features, projected features and prototypes of the baseline and SADCL models;
 8. writes OUTPUT_DIR/results.json.
 """
@@ -175,6 +176,10 @@ def main() -> None:
     examples = dataset["test"].select(range(args.num_examples))
     images = list(examples["image"])
     predictions = tagger(images, batch_size=args.num_examples)
+    examples_dir = output_dir / "examples"
+    examples_dir.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        image.save(examples_dir / f"test_{index}.png")
     for index, (prediction, true_ids) in enumerate(zip(predictions, examples["labels"])):
         predicted = ", ".join(f"{p['label']} ({p['score']:.2f})" for p in prediction)
         truth = ", ".join(sorted(names[i] for i in true_ids))
@@ -185,6 +190,7 @@ def main() -> None:
     )
     print(f"attention maps: {len(written)} pictures in {attention_dir}")
     features_dir = output_dir / "label_features"
+    print(f"example images (the README's snippets tag them): {examples_dir}/test_0.png ... test_{len(images) - 1}.png")
     titles = {"baseline": "baseline (stage 1, ASL)", "sadcl": "SADCL (stage 2, ASL + SSCL + PSCL)"}
     pictures = [
         plot_label_features(analyses[stage], features_dir / f"tsne_{stage}.png", title=title)

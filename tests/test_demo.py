@@ -39,6 +39,7 @@ def test_demo_runs_every_step_end_to_end(tmp_path):
     card = (model_dir / "README.md").read_text()
     assert "model-index" in card and "digits-mosaic" in card
     assert len(list((output / "attention").glob("*.png"))) == 3
+    assert sorted(path.name for path in (output / "examples").iterdir()) == ["test_0.png", "test_1.png", "test_2.png"]
     separation = results["label_feature_separation"]
     assert set(separation) == {"baseline", "sadcl"}
     for stage in ("baseline", "sadcl"):
