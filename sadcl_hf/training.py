@@ -91,7 +91,7 @@ class ModelArguments:
     backbone: str | None = field(default=None, metadata={"help": "Any timm model name (overrides the preset)."})
     use_pretrained_backbone: bool | None = field(
         default=None,
-        metadata={"help": "Download the backbone's ImageNet weights from the Hub (default: the preset's; 'false': offline)."},
+        metadata={"help": "Download the backbone's ImageNet weights from the Hub (default: the preset's)."},
     )
     image_size: int | None = field(default=None, metadata={"help": "Training and evaluation resolution."})
     sscl_mode: str | None = field(default=None, metadata={"help": "'reference' (paper) or 'corrected'."})

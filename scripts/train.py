@@ -5,8 +5,8 @@
     accelerate launch --multi_gpu --num_processes 8 scripts/train.py --config configs/coco2014-r101-448.yaml
 
 Arguments come from `--config FILE` (YAML/JSON) and/or the command line (the command line wins); `--help` lists
-them (the SADCL model and data options first, then `transformers.TrainingArguments`). Writes checkpoints, `OUTPUT_DIR/model`,
-`all_results.json`, `train_log.json` and `train.log` to `--output_dir`.
+them (the SADCL model, data and training options first, then `transformers.TrainingArguments`). Writes
+checkpoints, `OUTPUT_DIR/model`, `all_results.json`, `train_log.json` and `train.log` to `--output_dir`.
 """
 
 import logging
@@ -27,7 +27,8 @@ def main() -> None:
     run_training(model_args, data_args, training_args)
     if training_args.should_log:  # the metrics were logged as they came; this says where they are kept
         output_dir = Path(training_args.output_dir)
-        print(f"model: {output_dir / 'model'}\nmetrics: {output_dir / 'all_results.json'}, log: {output_dir / 'train.log'}")
+        print(f"model: {output_dir / 'model'}")
+        print(f"metrics: {output_dir / 'all_results.json'}, log: {output_dir / 'train.log'}")
 
 
 if __name__ == "__main__":
