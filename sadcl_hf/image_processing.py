@@ -11,9 +11,11 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .configuration_sadcl import SADCLConfig
 from .data import ImageProcessorTransform, MultiLabelCollator
+from .data.images import processor_draft_size
 
 __all__ = [
     "backbone_normalization",
+    "processor_draft_size",
     "eval_collator_for_config",
     "evaluation_dataloader",
     "image_processor_for_config",
@@ -49,9 +51,11 @@ def image_processor_for_config(config: SADCLConfig) -> ViTImageProcessor:
 def eval_collator_for_config(config: SADCLConfig, image_processor=None) -> MultiLabelCollator:
     """Evaluation batches `{"pixel_values" [B, 3, H, W], "labels" [B, K]}` preprocessed by `image_processor`
     (default: [`image_processor_for_config`]`(config)`, the processor saved with the model), image by image as the
-    pipeline does."""
+    pipeline does: encoded JPEGs decoded at the processor's size ([`processor_draft_size`])."""
     processor = image_processor if image_processor is not None else image_processor_for_config(config)
-    return MultiLabelCollator(config.num_labels, ImageProcessorTransform(processor))
+    return MultiLabelCollator(
+        config.num_labels, ImageProcessorTransform(processor), draft_size=processor_draft_size(processor)
+    )
 
 
 def evaluation_dataloader(

@@ -71,6 +71,9 @@ class MultiLabelCollator:
         unreadable_list: a text file to which each skipped image file is appended (one path per line); shared by
             dataloader workers and processes, it makes the warnings once per file and gives the run's count
             ([`read_unreadable_list`]).
+        draft_size: upright `(width, height)` the transform resizes to; JPEGs are then decoded at the smallest DCT
+            scale not below twice it ([`load_image`], [`processor_draft_size`]); for evaluation: training keeps
+            `None`, the full decode, for its random crops.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class MultiLabelCollator:
         label_column: str = "labels",
         max_unreadable_fraction: float = 0.0,
         unreadable_list: Optional[Union[str, os.PathLike]] = None,
+        draft_size: Optional[tuple[int, int]] = None,
     ) -> None:
         if not isinstance(num_labels, numbers.Integral) or num_labels < 1:
             raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}.")
@@ -96,6 +100,7 @@ class MultiLabelCollator:
         self.label_column = label_column
         self.max_unreadable_fraction = float(max_unreadable_fraction)
         self.unreadable_list = os.fspath(unreadable_list) if unreadable_list is not None else None
+        self.draft_size = draft_size
         self.num_seen = 0
         self.num_unreadable = 0
         self.unreadable_files: set[str] = set()
@@ -174,7 +179,7 @@ class MultiLabelCollator:
             target = self.encode_labels(example[self.label_column], position)
             self.num_seen += 1
             try:
-                image = load_image(example[self.image_column])
+                image = load_image(example[self.image_column], draft_size=self.draft_size)
             except ImageLoadError as error:
                 if self.max_unreadable_fraction == 0.0:
                     raise
