@@ -148,9 +148,24 @@ def verify_onnx(model, path: str | os.PathLike, batch_size: int = 3, atol: float
 
 
 def onnx_session(path: str | os.PathLike, num_threads: int | None = None, providers: list[str] | None = None):
-    """An onnxruntime `InferenceSession` for `path` (default: CPU provider, onnxruntime's thread count)."""
+    """An onnxruntime `InferenceSession` for `path` with the settings measured fastest on SADCL graphs (default: CPU
+    provider, one intra-op thread per physical core, onnxruntime's own count).
+
+    Measured on the demo-sized model (tiny preset, 64 px, batch 64, 2 cores, load average about 3;
+    `scripts/benchmark.py serving --profile`, README "Performance"): all graph optimisations (`ORT_ENABLE_ALL`,
+    which lays the Convs out in the blocked NCHWc format and fuses Conv+BatchNorm+ReLU) are 1.35x
+    `ORT_ENABLE_EXTENDED` and 1.4x `ORT_ENABLE_BASIC`; sequential execution is 2.1x parallel execution with 2
+    inter-op threads; one intra-op thread per physical core is 1.9x one thread; onnxruntime's transformer optimizer
+    (`onnxruntime.transformers.optimizer`) fuses only the LayerNorms (no attention pattern of this decoder matches)
+    and changes nothing measurable, so it is not applied. The intra-op threads do not spin-wait between operators:
+    the same speed on an idle machine (-1 %), 1.2x (batch 64) and 1.8x (batch 1) when other processes share the
+    cores (load average 9-13), as `predict.py`'s DataLoader workers do. Convolutions take 89-90 % of the time.
+    """
     onnxruntime = _require("onnxruntime")
     options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if num_threads:
         options.intra_op_num_threads = num_threads
     return onnxruntime.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
@@ -209,6 +224,9 @@ def quantize_onnx_int8(
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            # onnxruntime looks for LayerNormalization's 1-D scale's channels on axis 1 (BatchNorm's input layout),
+            # warns "Axis 1 is out-of-range" once per LayerNorm and falls back to per-tensor: axis 0 is its channel.
+            extra_options={"QDQOpTypePerChannelSupportToAxis": {"LayerNormalization": 0}},
         )
     quantized = onnx.load(str(output))
     del quantized.metadata_props[:]
@@ -221,9 +239,6 @@ def count_quantized_convolutions(path: str | os.PathLike) -> tuple[int, int]:
     """(Convs whose input and weight both come from a DequantizeLinear, all Convs) of an ONNX graph."""
     onnx = _require("onnx")
     graph = onnx.load(str(path)).graph
-            # onnxruntime looks for LayerNormalization's 1-D scale's channels on axis 1 (BatchNorm's input layout),
-            # warns "Axis 1 is out-of-range" once per LayerNorm and falls back to per-tensor: axis 0 is its channel.
-            extra_options={"QDQOpTypePerChannelSupportToAxis": {"LayerNormalization": 0}},
     producers = {output: node.op_type for node in graph.node for output in node.output}
     convolutions = [node for node in graph.node if node.op_type == "Conv"]
     quantized = [

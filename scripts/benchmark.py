@@ -26,6 +26,7 @@ decode-only and model-only limits, and the web tagger under 1 and 16 concurrent 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import os
@@ -38,6 +39,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 
 LOSS_VARIANTS = ("sadcl-hf reference", "sadcl-hf corrected", "dense released")
@@ -451,6 +453,66 @@ def _interleaved_images_per_second(
     return {name: batch_size / statistics.median(values) for name, values in times.items()}
 
 
+def onnx_settings_sessions(path, config, threads: int) -> Dict[str, object]:
+    """ONNX Runtime sessions of the float graph `path` with the settings that `onnx_session` does not choose (lower
+    graph optimisation levels, parallel execution, one thread, spin-waiting threads, the transformer optimizer's
+    fusions):
+    `serving --profile` times them beside the default, which is why the default is what it is."""
+    import tempfile
+
+    import onnxruntime
+    from onnxruntime.transformers import optimizer
+
+    def session(level=onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL, file=path, num_threads=threads, **settings):
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = level
+        options.intra_op_num_threads = num_threads
+        for key, value in settings.items():
+            if key == "config":
+                options.add_session_config_entry(*value)
+            else:
+                setattr(options, key, value)
+        return onnxruntime.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+
+    fused = optimizer.optimize_model(
+        str(path), model_type="vit", num_heads=config.num_attention_heads, hidden_size=config.hidden_dim, opt_level=0
+    )
+    fused_path = os.path.join(tempfile.mkdtemp(), "fused.onnx")
+    fused.save_model_to_file(fused_path)
+    return {
+        "fp32_extended": session(onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED),
+        "fp32_basic": session(onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC),
+        "fp32_parallel": session(execution_mode=onnxruntime.ExecutionMode.ORT_PARALLEL, inter_op_num_threads=threads),
+        "fp32_1_thread": session(num_threads=1),
+        "fp32_spin": session(config=("session.intra_op.allow_spinning", "1")),
+        "fp32_transformer_optimizer": session(file=fused_path),
+    }
+
+
+def onnx_operator_shares(path, pixel_values, threads: int, runs: int = 5) -> Dict[str, float]:
+    """Share of ONNX Runtime's kernel time per operator type (its profiler, `runs` runs of `pixel_values`), largest
+    first, operators under 1% left out."""
+    import collections
+
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        session.run(["logits"], {"pixel_values": pixel_values})
+    with open(session.end_profiling()) as handle:
+        events = json.load(handle)
+    os.remove(handle.name)
+    durations: Dict[str, float] = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            durations[event["args"]["op_name"]] += event["dur"]
+    total = sum(durations.values())
+    return {name: value / total for name, value in durations.most_common() if value / total >= 0.01}
+
+
 def run_serving(args: argparse.Namespace) -> Dict[str, object]:
     """`serving`: images/s of PyTorch eager, ONNX Runtime float32 and ONNX Runtime static int8 on the same
     preprocessed images (batch 1 and `--batch-size`, at the model's size), and the int8 mAP change on the
@@ -499,6 +561,12 @@ def run_serving(args: argparse.Namespace) -> Dict[str, object]:
         pixel_values = AutoImageProcessor.from_pretrained(folder)(images=images, return_tensors="np")["pixel_values"]
     pixel_values = np.ascontiguousarray(pixel_values, dtype=np.float32)
     sessions = {name: onnx_session(path, threads) for name, path in (("fp32", fp32_path), ("int8", int8_path))}
+    if args.profile:
+        sessions.update(onnx_settings_sessions(fp32_path, config, threads))
+        channels_last_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as flop_counter, torch.inference_mode():
+        model(torch.from_numpy(pixel_values[:1]))
+    gflop_per_image = flop_counter.get_total_flops() / 1e9
 
     rows = []
     results: Dict[str, object] = {}
@@ -506,24 +574,47 @@ def run_serving(args: argparse.Namespace) -> Dict[str, object]:
         batch = pixel_values[:batch_size]
         batch_tensor = torch.from_numpy(batch)
 
+        channels_last_batch = batch_tensor.contiguous(memory_format=torch.channels_last)
+
         def eager() -> None:
             with torch.inference_mode():
                 model(batch_tensor)
 
+        def eager_no_grad() -> None:
+            with torch.no_grad():
+                model(batch_tensor)
+
+        def eager_channels_last() -> None:
+            with torch.inference_mode():
+                channels_last_model(channels_last_batch)
+
         runners = {"eager": eager}
+        if args.profile:
+            runners.update({"eager_no_grad": eager_no_grad, "eager_channels_last": eager_channels_last})
         for name, session in sessions.items():
             runners[f"ort_{name}"] = lambda session=session: session.run(["logits"], {"pixel_values": batch})
+        load_before = load_average()
         speeds = _interleaved_images_per_second(runners, batch_size, args.warmup, args.min_seconds)
+        load_after = load_average()
         for name, speed in speeds.items():
-            rows.append({"batch": batch_size, "backend": name, "images_per_s": speed, "vs_eager": speed / speeds["eager"]})
+            rows.append({
+                "batch": batch_size, "backend": name, "images_per_s": speed, "vs_eager": speed / speeds["eager"],
+                "gflop_s": speed * gflop_per_image, "load": f"{load_before}-{load_after}",
+            })  # fmt: skip
         if batch_size == args.batch_size:
             results.update({f"{name}_img_s": speed for name, speed in speeds.items()})
     print_table(
         f"serving {folder} ({size} px, {threads} thread(s), backends interleaved, median over >= "
         f"{args.min_seconds:g} s per batch size)",
         rows,
-        ["batch", "backend", "images_per_s", "vs_eager"],
+        ["batch", "backend", "images_per_s", "vs_eager", "gflop_s", "load"],
     )
+    results["gflop_per_image"] = gflop_per_image
+    if args.profile:
+        results["ort_fp32_time_by_operator"] = onnx_operator_shares(fp32_path, pixel_values, threads)
+        print("ONNX Runtime fp32 time by operator:", ", ".join(
+            f"{name} {100 * share:.1f}%" for name, share in results["ort_fp32_time_by_operator"].items()
+        ))  # fmt: skip
     results["int8_map_change"] = None
     if is_demo:
         comparison = compare_onnx_models(fp32_path, int8_path, test_batches, test_targets)
@@ -564,12 +655,22 @@ def best_of(repeats: int, measure: Callable[[], float]) -> Dict[str, object]:
     return {"best": max(values), "values": values, "load_averages": loads}
 
 
-def phone_photo_folder(cache_dir: str, count: int, seed: int) -> str:
-    """A folder of `count` 12 MP JPEGs ([`make_folder_images`] at 4032x3024, fixed seed), written once and reused."""
-    folder = os.path.join(cache_dir, f"jpegs-{PHONE_PHOTO_SIZE[0]}x{PHONE_PHOTO_SIZE[1]}-seed{seed}-n{count}")
+def image_size_argument(text: str) -> tuple:
+    """'WIDTHxHEIGHT' -> (width, height)."""
+    try:
+        width, height = (int(side) for side in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 4032x3024, got {text!r}") from None
+    return width, height
+
+
+def phone_photo_folder(cache_dir: str, count: int, seed: int, size: tuple = PHONE_PHOTO_SIZE) -> str:
+    """A folder of `count` JPEGs of `size` (default 12 MP; [`make_folder_images`], fixed seed), written once and
+    reused."""
+    folder = os.path.join(cache_dir, f"jpegs-{size[0]}x{size[1]}-seed{seed}-n{count}")
     done = os.path.join(folder, ".complete")
     if not os.path.exists(done):
-        make_folder_images(folder, count, size=PHONE_PHOTO_SIZE, seed=seed)
+        make_folder_images(folder, count, size=size, seed=seed)
         open(done, "w").close()
     return folder
 
@@ -647,7 +748,7 @@ def run_tagging(args: argparse.Namespace) -> Dict[str, object]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    folder = phone_photo_folder(args.cache_dir, args.num_images, args.seed)
+    folder = phone_photo_folder(args.cache_dir, args.num_images, args.seed, args.photo_size)
     paths = expand_inputs([folder])
     model_folder = demo_sized_model_folder(args, paths)
 
@@ -729,7 +830,7 @@ def run_tagging(args: argparse.Namespace) -> Dict[str, object]:
         })  # fmt: skip
     columns = list(rows[0])
     print_table(
-        f"tagging {len(paths)} {PHONE_PHOTO_SIZE[0]}x{PHONE_PHOTO_SIZE[1]} JPEGs with {model_folder}, batch "
+        f"tagging {len(paths)} {args.photo_size[0]}x{args.photo_size[1]} JPEGs with {model_folder}, batch "
         f"{args.batch_size}, images/s (best of {args.repeats}; load average {load_average()})",
         rows,
         columns,
@@ -740,7 +841,7 @@ def run_tagging(args: argparse.Namespace) -> Dict[str, object]:
         "model": model_folder,
         "images": folder,
         "num_images": len(paths),
-        "image_size": list(PHONE_PHOTO_SIZE),
+        "image_size": list(args.photo_size),
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": platform.processor()},
         "decode_only": decode,
         "backends": backends,
@@ -889,6 +990,11 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--batch-size", type=int, default=64)
     serving.add_argument("--warmup", type=int, default=2)
     serving.add_argument("--min-seconds", type=float, default=10.0, help="time each batch size at least this long")
+    serving.add_argument(
+        "--profile", action="store_true",
+        help="also time eager without inference_mode and channels-last, ONNX Runtime with the settings it does not "
+        "use by default, and ONNX Runtime's time by operator",
+    )  # fmt: skip
 
     tagging = subparsers.add_parser(
         "tagging", parents=[common], help="predict.py's path on 12 MP JPEGs vs its decode and model limits; tagger load"
@@ -896,6 +1002,10 @@ def build_parser() -> argparse.ArgumentParser:
     tagging.add_argument("--model", default=None, help="model folder (default: runs/demo/model, else a demo-sized one)")
     tagging.add_argument("--num-images", type=int, default=32, help="12 MP JPEGs to tag")
     tagging.add_argument("--seed", type=int, default=0, help="seed of the generated JPEGs")
+    tagging.add_argument(
+        "--photo-size", type=image_size_argument, default=PHONE_PHOTO_SIZE, metavar="WxH",
+        help="size of the generated JPEGs (default 4032x3024, a 12 MP phone photo)",
+    )  # fmt: skip
     tagging.add_argument(
         "--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "sadcl_hf", "benchmark"),
         help="where the JPEGs (and the demo-sized model, when built) are written once",
@@ -923,4 +1033,6 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from sadcl_hf.cli import run_script  # sadcl_hf is imported where each benchmark needs it
+
+    run_script(main)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
 
-from sadcl_hf.onnx_export import ONNX_FILE_NAME, count_quantized_convolutions, export_onnx, verify_onnx
+from sadcl_hf.onnx_export import ONNX_FILE_NAME, count_quantized_convolutions, export_onnx, onnx_session, verify_onnx
 from sadcl_hf.onnx_runtime import SADCLOnnxModel
 from sadcl_hf.data import load_multilabel_dataset
 
@@ -195,3 +195,41 @@ def test_static_int8_quantizes_the_convolutions_and_keeps_the_tags(tmp_path):
     int8_tags = [{item["label"] for item in row} for row in int8(images)]
     assert 0 < sum(map(len, eager_tags)) < 32 * 10  # some labels tagged, not all: the comparison is not vacuous
     assert sum(a == b for a, b in zip(eager_tags, int8_tags)) >= 29  # whole-image tag sets
+
+
+def test_onnx_session_uses_the_measured_settings(exported_model_dir):
+    """All graph optimisations, sequential execution, intra-op threads that do not spin-wait (measured fastest,
+    `scripts/benchmark.py serving --profile`), for the pipeline's ONNX backend too."""
+    sessions = (onnx_session(exported_model_dir / ONNX_FILE_NAME), SADCLOnnxModel.from_pretrained(exported_model_dir).session)
+    for session in sessions:
+        options = session.get_session_options()
+        assert options.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        assert options.execution_mode == onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_benchmark_tagging_reports_end_to_end_beside_its_limits(tiny_model_dir, tmp_path):
+    """`benchmark.py tagging` on a few small JPEGs: every backend's end-to-end, model-only and decode-only images/s,
+    the missing ONNX graphs exported first, each figure the best of its runs with the load average of each run."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    output = tmp_path / "tagging.json"
+    arguments = [
+        "tagging", "--model", model_dir, "--num-images", 4, "--photo-size", "320x240", "--batch-size", 2,
+        "--num-workers", 1, "--repeats", 2, "--clients", "--cache-dir", tmp_path / "cache", "--output", output,
+    ]  # fmt: skip
+    result = run_script("benchmark", arguments)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert (model_dir / ONNX_FILE_NAME).is_file() and (model_dir / "onnx" / "model_quantized.onnx").is_file()
+    images = sorted(Path(report["images"]).glob("*.jpg"))
+    assert len(images) == report["num_images"] == 4 and Image.open(images[0]).size == (320, 240)
+    decode = report["decode_only"]["workers_1"]
+    assert set(report["decode_only"]) == {"workers_0", "workers_1"}
+    assert len(decode["values"]) == len(decode["load_averages"]) == 2 and decode["best"] == max(decode["values"])
+    assert set(report["backends"]) == {"pytorch", "onnx", "onnx-int8"}
+    for row in report["backends"].values():
+        assert row["limit_img_s"] == min(decode["best"], row["model_only"]["best"]) > 0
+        end_to_end = row["end_to_end_workers_1"]["best"]
+        assert 0 < end_to_end and row["end_to_end_vs_limit"] == pytest.approx(end_to_end / row["limit_img_s"])
+        assert row["end_to_end_workers_0"]["best"] > 0
