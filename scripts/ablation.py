@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoModelForImageClassification
 
+from sadcl_hf.cli import run_script
 from sadcl_hf.data import load_multilabel_dataset
 from sadcl_hf.feature_analysis import analyze_label_features
 from sadcl_hf.training import parse_arguments, run_training
@@ -152,4 +153,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from sadcl_hf import calibrate_thresholds
 from sadcl_hf.calibration import format_calibration_report
+from sadcl_hf.cli import run_script
 from sadcl_hf.data import load_multilabel_dataset
 
 
@@ -65,4 +65,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from sadcl_hf import SADCLForImageClassification
+from sadcl_hf.cli import run_script
 from sadcl_hf.data import dataset_label_names
 from sadcl_hf.prototypes import compute_dataset_prototypes, save_prototypes
 from sadcl_hf.training import DataArguments, default_splits, load_split, read_config_file
@@ -52,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

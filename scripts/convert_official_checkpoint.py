@@ -19,8 +19,8 @@ category-id order, VOC's 20, NUS-WIDE's 81); --id2label: names from a file inste
 """
 
 import argparse
-import sys
 
+from sadcl_hf.cli import run_script
 from sadcl_hf.conversion import convert_official_checkpoint
 from sadcl_hf.hub import push_model_folder
 
@@ -70,4 +70,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -29,6 +29,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, pi
 from sadcl_hf import calibrate_thresholds
 from sadcl_hf.attention_maps import save_attention_maps
 from sadcl_hf.calibration import format_calibration_report
+from sadcl_hf.cli import run_script
 from sadcl_hf.data import dataset_label_names, load_multilabel_dataset
 from sadcl_hf.evaluation import metric_names
 from sadcl_hf.feature_analysis import analyze_label_features, plot_label_features
@@ -222,4 +223,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from transformers import AutoModelForImageClassification
 
+from sadcl_hf.cli import run_script
 from sadcl_hf.model_card import add_onnx_results_to_model_card
 from sadcl_hf.onnx_export import (
     ONNX_FILE_NAME,
@@ -96,4 +96,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -40,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sadcl_hf import load_thresholds
+from sadcl_hf.cli import run_script
 from sadcl_hf.inference import PredictionWriter, expand_inputs, load_tagger, predict_images, write_caption
 from sadcl_hf.onnx_runtime import ONNX_BACKENDS
 from sadcl_hf.pipeline import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT
@@ -155,4 +156,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -20,9 +20,9 @@ example images) and uploads it in one commit (needs `pip install "sadcl-hf[app]"
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from sadcl_hf.cli import run_script
 from sadcl_hf.hub import push_model_folder
 
 
@@ -51,4 +51,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -15,6 +15,7 @@ from pathlib import Path
 from huggingface_hub.utils import logging as hub_logging
 from transformers.utils import logging as hf_logging
 
+from sadcl_hf.cli import run_script
 from sadcl_hf.training import parse_arguments, run_training
 
 
@@ -32,4 +33,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from transformers import AutoModelForImageClassification
 
+from sadcl_hf.cli import run_script
 from sadcl_hf.data import dataset_label_names, load_multilabel_dataset
 from sadcl_hf.feature_analysis import DEFAULT_MAX_FEATURES, analyze_label_features, plot_label_features
 
@@ -70,4 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
