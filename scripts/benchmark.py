@@ -20,7 +20,8 @@ with the bare model forward on the same batch; `data` measures images/s of one d
 path (decode + the paper's augmentation + collate) on JPEGs it can write itself (`--make-images N`); `serving`
 compares PyTorch eager with ONNX Runtime float32 and static int8 on a saved model (and the int8 mAP change for the
 demo model); `tagging` times `predict.py`'s path end to end on generated 12 MP JPEGs for each backend beside its
-decode-only and model-only limits, and the web tagger under 1 and 16 concurrent clients; `streaming` samples the resident memory of a training run that streams parquet shards.
+decode-only and model-only limits, and the web tagger under 1 and 16 concurrent clients; `streaming` samples the
+resident memory of a training run that streams parquet shards.
 """
 
 from __future__ import annotations
@@ -645,14 +646,18 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def best_of(repeats: int, measure: Callable[[], float]) -> Dict[str, object]:
-    """Runs `measure` (returns images/s or requests/s) `repeats` times: the best value, every value and the load
-    average before each run."""
-    values, loads = [], []
+def best_of(repeats: int, measures: Dict[str, Callable[[], float]]) -> Dict[str, Dict[str, object]]:
+    """Runs each of `measures` (each returns images/s) `repeats` times, taking turns round after round so that a
+    load that comes and goes on a shared machine hits them alike: per measure the best value, every value and the
+    load average before each run."""
+    results: Dict[str, Dict[str, object]] = {name: {"values": [], "load_averages": []} for name in measures}
     for _ in range(repeats):
-        loads.append(load_average())
-        values.append(measure())
-    return {"best": max(values), "values": values, "load_averages": loads}
+        for name, measure in measures.items():
+            results[name]["load_averages"].append(load_average())
+            results[name]["values"].append(measure())
+    for result in results.values():
+        result["best"] = max(result["values"])
+    return results
 
 
 def image_size_argument(text: str) -> tuple:
@@ -682,7 +687,6 @@ def demo_sized_model_folder(args: argparse.Namespace, calibration_images: List[s
     benchmark's own images, preprocessed by the model's image processor)."""
     from pathlib import Path
 
-    import numpy as np
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     from sadcl_hf import SADCLConfig, SADCLForImageClassification
@@ -708,29 +712,42 @@ def demo_sized_model_folder(args: argparse.Namespace, calibration_images: List[s
         export_onnx(AutoModelForImageClassification.from_pretrained(folder), fp32_path)
     if not int8_path.is_file():
         processor = AutoImageProcessor.from_pretrained(folder)
-        pixel_values = [processor(images=load_pipeline_image(path), return_tensors="np")["pixel_values"] for path in calibration_images]
-        calibration = [np.concatenate(pixel_values)]
+        calibration = [  # one image per batch: 12 MP images are not all held at once
+            processor(images=load_pipeline_image(path), return_tensors="np")["pixel_values"]
+            for path in calibration_images
+        ]
         quantize_onnx_int8(fp32_path, int8_path, calibration)
     return str(folder)
 
 
-def tagger_load(model: str, backend: str, clients: List[int], repeats: int) -> Dict[str, object]:
-    """Requests/s and p50/p95 latency of the web tagger at each number of concurrent `clients` on loopback, through
-    `sadcl_hf.app.tagger_load_benchmark` (the tagger's own load measurement). Hook: until that function exists, the
-    result says so instead of numbers."""
-    from sadcl_hf import app
+def tagger_load(
+    model: str, backend: str, image_paths: List[str], clients: List[int], repeats: int
+) -> Dict[str, object]:
+    """Requests/s and p50/p95 latency of the web tagger (`sadcl_hf.app.build_app`, launched on loopback with the
+    `backend`) at each number of concurrent `clients`, each sending images of `image_paths`, through
+    `sadcl_hf.app.tagger_load_benchmark`: the best of `repeats` runs per number of clients, with every run and the
+    load average before it."""
+    import socket
 
-    measure = getattr(app, "tagger_load_benchmark", None)
-    if measure is None:
-        return {"error": "not measured: sadcl_hf.app.tagger_load_benchmark is not available"}
-    results = {}
-    for count in clients:
-        runs = []
+    from sadcl_hf.app import Tagger, build_app, tagger_load_benchmark
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = build_app(Tagger(model, backend=backend)).queue()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        runs: Dict[str, List[Dict[str, object]]] = {str(count): [] for count in clients}
         for _ in range(repeats):
-            load = load_average()
-            runs.append({**measure(model, backend=backend, clients=count), "load_average": load})
-        results[str(count)] = max(runs, key=lambda run: run["requests_per_s"])
-        results[str(count)]["runs"] = runs
+            for count in clients:
+                load = load_average()
+                result = tagger_load_benchmark(f"http://127.0.0.1:{port}/", image_paths, clients=[count])[count]
+                runs[str(count)].append({**result, "load_average": load})
+    finally:
+        app.close()
+    results: Dict[str, object] = {
+        count: {**max(values, key=lambda run: run["requests_per_s"]), "runs": values} for count, values in runs.items()
+    }
     if len(clients) > 1:
         results["speedup"] = results[str(clients[-1])]["requests_per_s"] / results[str(clients[0])]["requests_per_s"]
     return results
@@ -798,14 +815,17 @@ def run_tagging(args: argparse.Namespace) -> Dict[str, object]:
         for start in range(0, len(items), args.batch_size)
     ]
     worker_counts = sorted({0, args.num_workers})
-    decode = {f"workers_{count}": best_of(args.repeats, decode_only(count)) for count in worker_counts}
+    measures = {f"decode_only workers_{count}": decode_only(count) for count in worker_counts}
+    for backend in args.backends:
+        model_only(taggers[backend], batches[:1])()  # warm-up (one-time allocations, ONNX Runtime's first run)
+        measures[f"{backend} model_only"] = model_only(taggers[backend], batches)
+        for count in worker_counts:
+            measures[f"{backend} end_to_end_workers_{count}"] = end_to_end(taggers[backend], count)
+    measured = best_of(args.repeats, measures)
+    decode = {f"workers_{count}": measured[f"decode_only workers_{count}"] for count in worker_counts}
     backends = {}
     for backend in args.backends:
-        tagger = taggers[backend]
-        model_only(tagger, batches[:1])()  # warm-up (one-time allocations, ONNX Runtime's first run)
-        row = {"model_only": best_of(args.repeats, model_only(tagger, batches))}
-        for count in worker_counts:
-            row[f"end_to_end_workers_{count}"] = best_of(args.repeats, end_to_end(tagger, count))
+        row = {name.split(" ")[1]: value for name, value in measured.items() if name.split(" ")[0] == backend}
         decode_limit = decode[f"workers_{args.num_workers}"]["best"]
         limit = min(decode_limit, row["model_only"]["best"])
         best_end_to_end = row[f"end_to_end_workers_{args.num_workers}"]["best"]
@@ -816,7 +836,7 @@ def run_tagging(args: argparse.Namespace) -> Dict[str, object]:
     serving = {}
     if args.clients:
         for backend in args.serving_backends:
-            serving[backend] = tagger_load(model_folder, backend, args.clients, args.repeats)
+            serving[backend] = tagger_load(model_folder, backend, paths, args.clients, args.repeats)
 
     rows = []
     for backend, row in backends.items():
@@ -835,6 +855,12 @@ def run_tagging(args: argparse.Namespace) -> Dict[str, object]:
         rows,
         columns,
     )
+    for backend, result in serving.items():
+        figures = [(count, result[str(count)]) for count in args.clients]
+        print(f"web tagger ({backend}, loopback, best of {args.repeats}): " + "; ".join(
+            f"{count} client(s) {run['requests_per_s']:.2f} req/s, p50 {run['p50_s']:.2f} s, p95 {run['p95_s']:.2f} s"
+            for count, run in figures
+        ))  # fmt: skip
     payload = {
         "benchmark": "tagging",
         "config": vars(args),
@@ -842,7 +868,7 @@ def run_tagging(args: argparse.Namespace) -> Dict[str, object]:
         "images": folder,
         "num_images": len(paths),
         "image_size": list(args.photo_size),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": platform.processor()},
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": platform.processor()},
         "decode_only": decode,
         "backends": backends,
         "tagger_load": serving,

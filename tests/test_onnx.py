@@ -200,8 +200,9 @@ def test_static_int8_quantizes_the_convolutions_and_keeps_the_tags(tmp_path):
 def test_onnx_session_uses_the_measured_settings(exported_model_dir):
     """All graph optimisations, sequential execution, intra-op threads that do not spin-wait (measured fastest,
     `scripts/benchmark.py serving --profile`), for the pipeline's ONNX backend too."""
-    sessions = (onnx_session(exported_model_dir / ONNX_FILE_NAME), SADCLOnnxModel.from_pretrained(exported_model_dir).session)
-    for session in sessions:
+    for session in (
+        onnx_session(exported_model_dir / ONNX_FILE_NAME), SADCLOnnxModel.from_pretrained(exported_model_dir).session
+    ):
         options = session.get_session_options()
         assert options.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         assert options.execution_mode == onnxruntime.ExecutionMode.ORT_SEQUENTIAL
@@ -210,13 +211,14 @@ def test_onnx_session_uses_the_measured_settings(exported_model_dir):
 
 def test_benchmark_tagging_reports_end_to_end_beside_its_limits(tiny_model_dir, tmp_path):
     """`benchmark.py tagging` on a few small JPEGs: every backend's end-to-end, model-only and decode-only images/s,
-    the missing ONNX graphs exported first, each figure the best of its runs with the load average of each run."""
+    the missing ONNX graphs exported first, each figure the best of its runs with the load average of each run, and
+    the web tagger's requests/s and latency percentiles per number of concurrent clients."""
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
     output = tmp_path / "tagging.json"
     arguments = [
         "tagging", "--model", model_dir, "--num-images", 4, "--photo-size", "320x240", "--batch-size", 2,
-        "--num-workers", 1, "--repeats", 2, "--clients", "--cache-dir", tmp_path / "cache", "--output", output,
+        "--num-workers", 1, "--repeats", 2, "--clients", 1, 2, "--cache-dir", tmp_path / "cache", "--output", output,
     ]  # fmt: skip
     result = run_script("benchmark", arguments)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -233,3 +235,8 @@ def test_benchmark_tagging_reports_end_to_end_beside_its_limits(tiny_model_dir, 
         end_to_end = row["end_to_end_workers_1"]["best"]
         assert 0 < end_to_end and row["end_to_end_vs_limit"] == pytest.approx(end_to_end / row["limit_img_s"])
         assert row["end_to_end_workers_0"]["best"] > 0
+    tagger = report["tagger_load"]["pytorch"]  # the web tagger on loopback, 1 and 2 concurrent clients
+    for clients in ("1", "2"):
+        assert len(tagger[clients]["runs"]) == 2 and tagger[clients]["requests"] == 4 * int(clients)
+        assert 0 < tagger[clients]["p50_s"] <= tagger[clients]["p95_s"]
+    assert tagger["speedup"] == pytest.approx(tagger["2"]["requests_per_s"] / tagger["1"]["requests_per_s"])
