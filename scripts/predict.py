@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--exclude-tags: {unknown} are not labels of the model {args.model} (labels: {label_names})")
 
-    num_read, captions_kept = 0, 0
+    num_read, captions_kept, captions_written = 0, 0, set()
     records = predict_images(
         tagger, paths, threshold=threshold, batch_size=args.batch_size,
         attention_maps_dir=args.attention_maps, attention_top_k=args.attention_top_k, num_workers=args.num_workers,
@@ -144,10 +144,16 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 num_read += 1
             if args.captions and "error" not in record:
+                caption = Path(record["image"]).with_suffix(".txt")
                 if record["image"].startswith(("http://", "https://")):
                     print(f"warning: no caption file for the URL {record['image']}", file=sys.stderr)
+                elif caption in captions_written:  # a.jpg and a.png share a.txt: the first image keeps it
+                    print(f"warning: {caption} already holds another image's caption; none for {record['image']}",
+                          file=sys.stderr)  # fmt: skip
                 elif write_caption(record, overwrite=args.overwrite) is None:
                     captions_kept += 1
+                else:
+                    captions_written.add(caption)
             writer.write(record)
     print(f"tagged {num_read} of {len(paths)} images -> {args.output}", file=sys.stderr)
     if captions_kept:

@@ -162,6 +162,7 @@ def test_urls_that_never_answer_or_never_end_are_one_error_record_each(tiny_mode
 
 def test_captions_beside_each_image(tiny_model_dir, image_folder, tmp_path):
     (image_folder / "5.txt").write_text("my own caption")
+    random_image(35).save(image_folder / "0.jpg")  # shares 0.txt with 0.png: the first in order (0.jpg) keeps it
     output = tmp_path / "preds.jsonl"
     arguments = ["--model", tiny_model_dir, image_folder, "--output", output, "--device", "cpu", "--captions",
                  "--threshold", "0.0", "--top-k", "3", "--exclude-tags", "class_0, class_2"]  # fmt: skip
@@ -169,7 +170,8 @@ def test_captions_beside_each_image(tiny_model_dir, image_folder, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "kept 1 existing caption file" in result.stderr
     records = {Path(r["image"]).name: r for r in map(json.loads, output.read_text().splitlines())}
-    for name in ("0.png", "1.jpg", "3.png", "4.jpg"):
+    assert "0.txt already holds another image's caption; none for" in result.stderr
+    for name in ("0.jpg", "1.jpg", "3.png", "4.jpg"):
         record = records[name]
         ranked = sorted(record["scores"], key=lambda label: -record["scores"][label])
         expected = [label for label in ranked if label not in ("class_0", "class_2")][:3]
