@@ -74,7 +74,8 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    _write_atomically(path, serialize_tensors({key: value.detach().contiguous().cpu() for key, value in tensors.items()}))
+    tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
+    _write_atomically(path, serialize_tensors(tensors))
 
 
 def mark_checkpoint_complete(folder: str | os.PathLike, world_size: int) -> None:
@@ -134,7 +135,8 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | os.PathLike | bool |
         return str(newest)
     folder = Path(resume_from_checkpoint)
     if not checkpoint_is_complete(folder):
-        problem = "no such folder" if not folder.is_dir() else f"incomplete (no intact {CHECKPOINT_COMPLETE_NAME}: its save was interrupted)"
+        problem = f"incomplete (no intact {CHECKPOINT_COMPLETE_NAME}: its save was interrupted)"
+        problem = problem if folder.is_dir() else "no such folder"
         hint = f"the newest complete one in {output_dir} is {newest}" if newest else f"{output_dir} has no complete one"
         raise ValueError(f"resume_from_checkpoint {folder}: {problem}; {hint}")
     return str(folder)
@@ -268,7 +270,8 @@ class CheckpointStateCallback(TrainerCallback):
             return
         counts = torch.stack([state["counts"].to(torch.long) for state in states]).sum(0)
         sums = torch.stack([state["means"].double() * state["counts"].double()[:, None] for state in states]).sum(0)
-        means = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1).double()[:, None], states[0]["means"].double())
+        means = sums / counts.clamp(min=1).double()[:, None]
+        means = torch.where(counts[:, None] > 0, means, states[0]["means"].double())
         self.online_prototypes.initializer.load_state_dict({"means": means, "counts": counts})
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -56,8 +56,9 @@ def kill_at_write(event, args):
     if hit:
         kill["count"] += 1
         if kill["count"] == kill["at"]:
+            name = os.path.basename(os.fsdecode(args[1 if event == "os.rename" else 0]))
             with open(os.path.join(snapshots, "events.jsonl"), "a") as log:
-                log.write(json.dumps([kill["at"], event, os.path.basename(os.fsdecode(args[1 if event == "os.rename" else 0]))]) + "\\n")
+                log.write(json.dumps([kill["at"], event, name]) + "\\n")
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -120,26 +121,28 @@ def test_a_save_killed_at_any_write_is_incomplete_and_resume_names_the_newest_co
     _, folders, events = killed_saves
     files = {file for _, _, file in events}
     # the kills fell between the SADCL state, transformers' files and the completion record
-    assert {"memory_bank-rank0.safetensors", "ema.safetensors", "trainer_state.json", "checkpoint_complete.json"} <= files
+    expected = {"memory_bank-rank0.safetensors", "ema.safetensors", "trainer_state.json", "checkpoint_complete.json"}
+    assert expected <= files
     assert [point for point, _, _ in events] == list(range(1, len(events) + 1))
     for point, event, file in events:
         output_dir = folders[str(point)]
         checkpoint = output_dir / f"checkpoint-{KILL_STEP}"
         assert not checkpoint_is_complete(checkpoint), (point, event, file)
         assert newest_complete_checkpoint(output_dir) == output_dir / "checkpoint-2"
-        with pytest.raises(ValueError, match=r"(incomplete|no such folder).* newest complete one in .* is .*checkpoint-2$"):
+        refusal = r"(incomplete|no such folder).* newest complete one in .* is .*checkpoint-2$"
+        with pytest.raises(ValueError, match=refusal):
             resolve_resume_checkpoint(str(checkpoint), output_dir)
     assert checkpoint_is_complete(folders["complete"] / f"checkpoint-{KILL_STEP}")
 
 
 def _kill_point(events, where: str) -> str:
-    """The kill point just before the first write of `where` (a file name), or "first" / "complete"."""
-    if where in ("first", "complete"):
-        return "1" if where == "first" else "complete"
+    """The kill point just before the first write of `where` (a file name), or "complete" (after the save)."""
+    if where == "complete":
+        return where
     return str(next(point for point, _, file in events if file == where))
 
 
-@pytest.mark.parametrize("where", ["first", "trainer_state.json", "checkpoint_complete.json", "complete"])
+@pytest.mark.parametrize("where", ["trainer_state.json", "checkpoint_complete.json", "complete"])
 def test_resume_latest_after_a_kill_ends_like_the_uninterrupted_run(killed_saves, where, tmp_path):
     uninterrupted, folders, events = killed_saves
     output_dir = tmp_path / "resumed"
@@ -147,7 +150,8 @@ def test_resume_latest_after_a_kill_ends_like_the_uninterrupted_run(killed_saves
     run_training(*parse_arguments(list(map(str, [
         *_arguments(output_dir, tmp_path / "cache"), "--resume_from_checkpoint", "latest"
     ]))))  # fmt: skip
-    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    checkpoints = sorted(path.name for path in output_dir.glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
     for name in FINAL_FILES:
         expected = load_file(uninterrupted / "checkpoint-6" / name)
         resumed = load_file(output_dir / "checkpoint-6" / name)
@@ -172,7 +176,8 @@ def _launch(num_processes: int, output_dir: Path, cache: Path, *extra) -> str:
         command = [accelerate, "launch", "--multi_gpu", "--num_processes", num_processes, "--num_machines", "1",
                    "--mixed_precision", "no", PROJECT_ROOT / "scripts" / "train.py", *arguments]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=600, env=env, cwd=PROJECT_ROOT)
+    command = list(map(str, command))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=PROJECT_ROOT)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     return output
