@@ -138,7 +138,7 @@ def test_duplicate_label_names_are_refused_naming_the_name_and_its_classes():
         ({"dropout": "0.1"}, "dropout must be a number in [0, 1], got '0.1'"),
         ({"sscl_temperature": 0.0}, "sscl_temperature must be a number > 0, got 0.0"),
         ({"memory_bank_threshold": float("nan")}, "memory_bank_threshold must be a number in [0, 1], got nan"),
-        ({"thresholds": "abc"}, "thresholds must be a list of 5 entries, each a number in [0, 1]; got 'abc' (type str)"),
+        ({"thresholds": "abc"}, "thresholds must be a list of 5 entries, each a number in [0, 1]; got 'abc' (type str"),
         ({"thresholds": [0.5] * 4}, "thresholds must be a list of 5 entries, each a number in [0, 1]; got 4 entries"),
         ({"thresholds": [0.5, 0.5, "x", 0.5, 0.5]}, "entry 2 is 'x' (type str)"),
         ({"image_std": [0.2, 0.0, 0.2]}, "image_std must be a list of 3 entries, each a number > 0; entry 1 is 0.0"),
