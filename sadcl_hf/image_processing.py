@@ -4,6 +4,7 @@ through it ([`eval_collator_for_config`]), `predict` and the pipeline load it fr
 
 from __future__ import annotations
 
+import datasets
 import timm
 import torch
 from transformers import ViTImageProcessor
@@ -63,6 +64,10 @@ def evaluation_dataloader(
 ) -> torch.utils.data.DataLoader:
     """A multi-label dataset (`image`, `labels` columns) in evaluation batches, in order, through
     [`eval_collator_for_config`]: what calibration, prototypes, the label-feature analysis and the ONNX checks
-    score."""
+    score. Images stored by `datasets` reach the collator encoded, so JPEGs decode at the processor's size exactly as
+    in the pipeline."""
     collator = eval_collator_for_config(config, image_processor)
+    image_feature = getattr(dataset, "features", {}).get(collator.image_column)
+    if isinstance(image_feature, datasets.Image) and image_feature.decode:
+        dataset = dataset.cast_column(collator.image_column, datasets.Image(decode=False))
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collator)

@@ -16,7 +16,12 @@ from .conftest import make_tiny_model
 from sadcl_hf.calibration import predict_scores
 from sadcl_hf.data import load_image, load_multilabel_dataset, multilabel_features
 from sadcl_hf.evaluation import mean_average_precision
-from sadcl_hf.image_processing import eval_collator_for_config, evaluation_dataloader, image_processor_for_config
+from sadcl_hf.image_processing import (
+    eval_collator_for_config,
+    evaluation_dataloader,
+    image_processor_for_config,
+    processor_draft_size,
+)
 from sadcl_hf.prototypes import compute_dataset_prototypes
 from sadcl_hf.trainer import SADCLTrainer, SADCLTrainingArguments
 
@@ -91,14 +96,17 @@ def test_every_path_gives_the_same_tensors_on_odd_photographs(saved_model, photo
         {"image": [photo_files[name] for name in names], "labels": [[index % 3] for index in range(len(names))]},
         features=multilabel_features(["a", "b", "c"]),
     )
+    processor = image_processor_for_config(model.config)
+    draft_size = processor_draft_size(processor)  # JPEGs decode at the processor's size on every path
     reference = torch.stack(
-        [image_processor_for_config(model.config)(images=load_image(photo_files[name]), return_tensors="pt")[
+        [processor(images=load_image(photo_files[name], draft_size=draft_size), return_tensors="pt")[
             "pixel_values"][0] for name in names]
     )
     assert reference.shape == (len(names), 3, IMAGE_SIZE, IMAGE_SIZE) and torch.isfinite(reference).all()
 
     paths = {}
-    paths["training-time evaluation"] = eval_collator_for_config(model.config)(list(dataset))["pixel_values"]
+    encoded = dataset.cast_column("image", datasets.Image(decode=False))  # as evaluation_dataloader passes them
+    paths["evaluation collator"] = eval_collator_for_config(model.config)(list(encoded))["pixel_values"]
     paths["evaluation_dataloader (in order)"] = torch.cat(
         [batch["pixel_values"] for batch in evaluation_dataloader(model.config, dataset, batch_size=4)]
     )
@@ -108,7 +116,8 @@ def test_every_path_gives_the_same_tensors_on_odd_photographs(saved_model, photo
     )
     saved_processor = AutoImageProcessor.from_pretrained(folder)
     paths["predict / calibration (AutoImageProcessor)"] = torch.cat(
-        [saved_processor(images=load_image(photo_files[name]), return_tensors="pt")["pixel_values"] for name in names]
+        [saved_processor(images=tagger.load_image(photo_files[name]), return_tensors="pt")["pixel_values"]
+         for name in names]
     )
     recorder = PixelRecorder(model)
     try:
