@@ -13,8 +13,8 @@ the image (tags below the threshold are marked so). Tags come from the `multi-la
 threshold re-selects from the stored logits without running the model.
 
 Serving: requests that arrive together are batched (Gradio's `batch=True`, up to `max_batch_size` requests) into one
-forward that returns the logits and the attention maps of every image; one batch runs at a time, re-thresholding
-runs beside it. Uploaded files are deleted from Gradio's cache `delete_cache` seconds after upload.
+forward that returns the logits and the attention maps of every image; one batch runs at a time, while the attention
+map pictures are drawn from the stored maps and re-thresholding is done beside it. Uploaded files are deleted from Gradio's cache `delete_cache` seconds after upload.
 """
 
 from __future__ import annotations
@@ -217,26 +217,27 @@ def build_app(
         tags = [tagger.tags(logits, thresholds) for logits in state["logits"]]
         return _tags_html(state["names"], tags, thresholds)
 
-    def overlay_of(state: dict, image_index: int, label_index: int, image: PIL.Image.Image | None = None):
+    def overlay_of(state: dict, image_index: int, label_index: int):
         if state["maps"] is None:
             return None
-        image = image if image is not None else load_pipeline_image(state["paths"][image_index])
+        image = load_pipeline_image(state["paths"][image_index])
         return tagger.attention_overlay(image, state["maps"][image_index], state["logits"][image_index], label_index)
 
-    def request_outputs(files, state, problems, images, calibrated, threshold):
-        """The page's outputs for one tagging request whose readable images were run into `state`."""
+    def request_outputs(files, state, problems, calibrated, threshold):
+        """The page's outputs for one tagging request whose readable images were run into `state` (the attention
+        map follows in its own event, beside the next batch)."""
         status = "\n\n".join(problems)
         if files and not state["names"]:
             status += "\n\nUpload image files (PNG, JPEG, WebP, ...)."
         if not state["names"]:
             empty = gr.update(choices=[], value=None)
-            return state, status, "", [], empty, empty, None
+            return state, status, "", [], empty, empty
         image_choice = gr.update(choices=[(n, i) for i, n in enumerate(state["names"])], value=0)
         choices = tagger.label_choices(state["logits"][0], tagger.thresholds(calibrated, threshold))
         thumbnails = list(zip(state["paths"], state["names"]))
         return (
             state, status + no_maps, render(state, calibrated, threshold), thumbnails, image_choice,
-            gr.update(choices=choices, value=choices[0][1]), overlay_of(state, 0, choices[0][1], images[0]),
+            gr.update(choices=choices, value=choices[0][1]),
         )  # fmt: skip
 
     def tag_images(files_batch: list, calibrated_batch: list, threshold_batch: list):
@@ -255,14 +256,14 @@ def build_app(
                 paths.append(path)
             requests.append((files, names, paths, problems))
         logits, maps = tagger.forward(images) if images else (np.zeros((0, len(label_names))), None)
-        columns, start = [[] for _ in range(7)], 0
+        columns, start = [[] for _ in range(6)], 0
         for (files, names, paths, problems), calibrated, threshold in zip(requests, calibrated_batch, threshold_batch):
             end = start + len(names)
             state = {
                 "names": names, "paths": paths, "logits": logits[start:end].tolist(),
                 "maps": None if maps is None else maps[start:end],
             }  # fmt: skip
-            outputs = request_outputs(files, state, problems, images[start:end], calibrated, threshold)
+            outputs = request_outputs(files, state, problems, calibrated, threshold)
             for column, value in zip(columns, outputs):
                 column.append(value)
             start = end
@@ -350,10 +351,9 @@ def build_app(
         }  # fmt: skip
         attention_events = {"concurrency_id": "attention", "concurrency_limit": 1}
         files.change(
-            tag_images, [files, calibrated, threshold],
-            [state, status, tags, thumbnails, image_choice, label_choice, overlay],
+            tag_images, [files, calibrated, threshold], [state, status, tags, thumbnails, image_choice, label_choice],
             batch=True, max_batch_size=max_batch_size, api_name="tag_images", **model_events,
-        )  # fmt: skip
+        ).success(choose_label, [state, image_choice, label_choice], overlay, **attention_events)  # fmt: skip
         threshold.input(move_threshold, [state, image_choice, threshold], [calibrated, tags, label_choice], **instant)
         calibrated.input(rethreshold, [state, image_choice, calibrated, threshold], [tags, label_choice], **instant)
         image_choice.input(
@@ -432,3 +432,49 @@ def write_space_folder(
         (directory / "examples").mkdir(exist_ok=True)
         shutil.copyfile(path, directory / "examples" / Path(path).name)
     return sorted(path.relative_to(directory).as_posix() for path in directory.rglob("*") if path.is_file())
+
+
+def tagger_load_benchmark(
+    url: str,
+    image_paths: Sequence[str | os.PathLike],
+    clients: Sequence[int] = (1, 16, 50),
+    requests_per_client: int | Sequence[int] = 4,
+    threshold: float = 0.5,
+) -> dict[int, dict[str, float]]:
+    """Requests/s and latency of a running tagger (its `/tag_images` API, through `gradio_client`) under load.
+
+    For each number of clients, that many threads each send `requests_per_client` requests in a closed loop (one
+    image each, taken round-robin from `image_paths`, uploaded with the request) and wait for the answer.
+
+    Returns `{clients: {"requests", "seconds", "requests_per_s", "p50_s", "p95_s"}}` (latency percentiles in
+    seconds, upload included).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    from time import perf_counter
+
+    from gradio_client import Client, handle_file
+
+    if isinstance(requests_per_client, int):
+        requests_per_client = [requests_per_client] * len(clients)
+    client = Client(url, verbose=False)
+    results = {}
+    for num_clients, num_requests in zip(clients, requests_per_client):
+
+        def run_client(client_index: int, num_requests: int = num_requests, num_clients: int = num_clients):
+            latencies = []
+            for request_index in range(num_requests):
+                path = image_paths[(client_index + request_index * num_clients) % len(image_paths)]
+                start = perf_counter()
+                client.predict([handle_file(os.fspath(path))], False, threshold, api_name="/tag_images")
+                latencies.append(perf_counter() - start)
+            return latencies
+
+        start = perf_counter()
+        with ThreadPoolExecutor(num_clients) as pool:
+            latencies = [latency for done in pool.map(run_client, range(num_clients)) for latency in done]
+        seconds = perf_counter() - start
+        results[num_clients] = {
+            "requests": len(latencies), "seconds": seconds, "requests_per_s": len(latencies) / seconds,
+            "p50_s": float(np.percentile(latencies, 50)), "p95_s": float(np.percentile(latencies, 95)),
+        }  # fmt: skip
+    return results

@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
@@ -81,7 +82,7 @@ def app_url(tagged, tmp_path_factory):
     log = tmp_path_factory.mktemp("app") / "app.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "NO_PROXY": "127.0.0.1,localhost"}
     command = [sys.executable, "scripts/app.py", "--model", str(model_dir), "--port", str(port)]
-    command += ["--examples", str(image_path.with_name("example.png"))]
+    command += ["--examples", str(image_path.with_name("example.png")), "--max-file-size", "200kb"]
     with open(log, "w") as output:
         server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -201,3 +202,20 @@ def test_tagger_page_in_chromium(tagged, app_url, browser, tmp_path):
     )
     assert "notes.txt is not an image" in message
     assert not browser.find_elements(By.CSS_SELECTOR, "#sadcl-tags .sadcl-image")
+
+
+def test_script_refuses_uploads_over_max_file_size(app_url, tmp_path):
+    """`scripts/app.py --max-file-size 200kb`: a larger upload is refused with a message that says so."""
+    large = tmp_path / "large.png"
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(large)
+    assert large.stat().st_size > 200 * 1024
+    with open(large, "rb") as handle:
+        response = httpx.post(f"{app_url}gradio_api/upload", files={"files": ("large.png", handle)}, timeout=30)
+    assert response.status_code == 413
+    assert "File size exceeded maximum allowed size of 204800 bytes" in response.text
+
+
+def test_script_rejects_a_bad_max_file_size():
+    command = [sys.executable, "scripts/app.py", "--model", "unused", "--max-file-size", "big"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--max-file-size must be a size such as 500kb or 20mb, got 'big'" in result.stderr
