@@ -70,6 +70,7 @@ def test_push_then_load_with_remote_code_where_sadcl_hf_is_missing(tiny_model_di
     expected_files = {
         ".gitattributes", "README.md", "config.json", "model.safetensors", "preprocessor_config.json",
         "configuration_sadcl.py", "modeling_sadcl.py", "losses.py",
+        "pipeline_image_classification.py", "images.py",  # the stock image-classification pipeline's image loading
     }
     assert set(head.files) == expected_files
     assert head.files["model.safetensors"].lfs and not head.files["config.json"].lfs  # weights went through LFS
