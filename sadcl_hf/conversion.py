@@ -395,8 +395,8 @@ def convert_official_state_dict(
         ValueError: a tensor holds NaN or inf (naming it), or the checkpoint is not an official one.
     """
     state_dict = {key: value.float() if value.is_floating_point() else value for key, value in state_dict.items()}
-    for key, value in state_dict.items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
+    for key, value in state_dict.items():  # meta tensors (shape-only checks) hold no values
+        if value.is_floating_point() and not value.is_meta and not torch.isfinite(value).all():
             bad = int((~torch.isfinite(value)).sum())
             raise ValueError(
                 f"the checkpoint's tensor {key!r} {tuple(value.shape)} holds {bad} non-finite values (NaN or inf) of "
