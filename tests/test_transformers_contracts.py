@@ -16,6 +16,7 @@ from huggingface_hub.errors import StrictDataclassClassValidationError
 from safetensors.torch import load_file, save_file
 from torch.profiler import ProfilerActivity, profile
 from torchvision.ops.misc import FrozenBatchNorm2d
+from transformers import ConvNextConfig
 from transformers.utils import logging as hf_logging
 
 from sadcl_hf import SADCLConfig, SADCLForImageClassification, SADCLModel
@@ -223,14 +224,19 @@ def assert_same_init_families(loaded, fresh, keys) -> None:
 
 
 @pytest.mark.parametrize(
-    "backbone", ["resnet10t.c3_in1k", pytest.param("convnext_atto", id="convnext_atto-layer-scales")]
+    "backbone",
+    ["resnet10t.c3_in1k", pytest.param("convnext_atto", id="convnext_atto-layer-scales"), "transformers-convnext"],
 )
 def test_can_init_all_missing_backbone_weights_as_the_backbone_does(backbone, tmp_path):
     """transformers' `test_can_init_all_missing_weights`: a checkpoint without its backbone loads with the backbone
     initialised as a freshly built one (timm ResNets zero the last BatchNorm weight of each residual block, ConvNeXt's
-    layer scales start at 1e-6), not with generic per-type values."""
-    kwargs = {"backbone_kwargs": {}} if backbone.startswith("convnext") else {}
-    model = build(SADCLForImageClassification, backbone=backbone, freeze_backbone_batch_norm=False, **kwargs)
+    layer scales start at 1e-6; a transformers backbone uses its own `_init_weights`), not with generic values."""
+    if backbone == "transformers-convnext":
+        backbone_config = ConvNextConfig(hidden_sizes=[32, 48, 64, 96], depths=[1, 1, 2, 1])
+        kwargs = {"use_timm_backbone": False, "backbone_config": backbone_config, "backbone_frozen_stages": -1}
+    else:
+        kwargs = {"backbone": backbone, **({"backbone_kwargs": {}} if backbone.startswith("convnext") else {})}
+    model = build(SADCLForImageClassification, freeze_backbone_batch_norm=False, **kwargs)
     model.save_pretrained(tmp_path)
     state = load_file(tmp_path / "model.safetensors")
     kept = {key: value for key, value in state.items() if not key.startswith("sadcl.backbone.")}
