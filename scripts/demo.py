@@ -176,11 +176,11 @@ def main() -> None:
     tagger = pipeline("multi-label-image-classification", model=str(final_dir), device="cpu")
     examples = dataset["test"].select(range(args.num_examples))
     images = list(examples["image"])
-    predictions = tagger(images, batch_size=args.num_examples)
     examples_dir = output_dir / "examples"
     examples_dir.mkdir(parents=True, exist_ok=True)
     for index, image in enumerate(images):
         image.save(examples_dir / f"test_{index}.png")
+    predictions = tagger(images, batch_size=args.num_examples)
     for index, (prediction, true_ids) in enumerate(zip(predictions, examples["labels"])):
         predicted = ", ".join(f"{p['label']} ({p['score']:.2f})" for p in prediction)
         truth = ", ".join(sorted(names[i] for i in true_ids))
@@ -190,8 +190,8 @@ def main() -> None:
         model, processor, images, attention_dir, names=[f"test_{i}" for i in range(len(images))]
     )
     print(f"attention maps: {len(written)} pictures in {attention_dir}")
-    features_dir = output_dir / "label_features"
     print(f"example images (the README's snippets tag them): {examples_dir}/test_0.png ... test_{len(images) - 1}.png")
+    features_dir = output_dir / "label_features"
     titles = {"baseline": "baseline (stage 1, ASL)", "sadcl": "SADCL (stage 2, ASL + SSCL + PSCL)"}
     pictures = [
         plot_label_features(analyses[stage], features_dir / f"tsne_{stage}.png", title=title)
