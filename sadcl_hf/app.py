@@ -443,8 +443,9 @@ def tagger_load_benchmark(
 ) -> dict[int, dict[str, float]]:
     """Requests/s and latency of a running tagger (its `/tag_images` API, through `gradio_client`) under load.
 
-    For each number of clients, that many threads each send `requests_per_client` requests in a closed loop (one
-    image each, taken round-robin from `image_paths`, uploaded with the request) and wait for the answer.
+    For each number of clients, that many threads, each with its own `gradio_client.Client` session, send
+    `requests_per_client` requests in a closed loop (one image each, taken round-robin from `image_paths`, uploaded
+    with the request) and wait for each answer.
 
     Returns `{clients: {"requests", "seconds", "requests_per_s", "p50_s", "p95_s"}}` (latency percentiles in
     seconds, upload included).
@@ -456,16 +457,19 @@ def tagger_load_benchmark(
 
     if isinstance(requests_per_client, int):
         requests_per_client = [requests_per_client] * len(clients)
-    client = Client(url, verbose=False)
     results = {}
     for num_clients, num_requests in zip(clients, requests_per_client):
+        with ThreadPoolExecutor(min(num_clients, 16)) as pool:  # one session per client, connected before timing
+            sessions = list(pool.map(lambda _: Client(url, verbose=False), range(num_clients)))
 
         def run_client(client_index: int, num_requests: int = num_requests, num_clients: int = num_clients):
             latencies = []
             for request_index in range(num_requests):
                 path = image_paths[(client_index + request_index * num_clients) % len(image_paths)]
                 start = perf_counter()
-                client.predict([handle_file(os.fspath(path))], False, threshold, api_name="/tag_images")
+                sessions[client_index].predict(
+                    [handle_file(os.fspath(path))], False, threshold, api_name="/tag_images"
+                )
                 latencies.append(perf_counter() - start)
             return latencies
 

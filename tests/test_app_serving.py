@@ -15,7 +15,7 @@ import torch
 from gradio_client import Client, handle_file
 
 from sadcl_hf import SADCLConfig, SADCLForImageClassification
-from sadcl_hf.app import DEFAULT_DELETE_CACHE, Tagger, build_app
+from sadcl_hf.app import DEFAULT_DELETE_CACHE, Tagger, build_app, tagger_load_benchmark
 from sadcl_hf.image_processing import image_processor_for_config
 from sadcl_hf.inference import load_tagger
 
@@ -142,3 +142,14 @@ def _check_cache_cleanup(app, url: str, image_path: Path) -> None:
         time.sleep(0.5)
     assert not uploaded.is_file(), f"{uploaded} is still in the cache after 20 s"
     assert all(Path(path).is_file() for path in examples)  # the example thumbnails keep working
+
+
+def test_tagger_load_benchmark_reports_each_client_count(model_and_images, server):
+    _, url, batch_sizes = server
+    _, paths = model_and_images
+    batch_sizes.clear()
+    results = tagger_load_benchmark(url, paths[:2], clients=(1, 3), requests_per_client=(2, 1))
+    assert sorted(results) == [1, 3] and [results[1]["requests"], results[3]["requests"]] == [2, 3]
+    assert sum(batch_sizes) == 5  # every request reached the model
+    for result in results.values():
+        assert 0 < result["p50_s"] <= result["p95_s"] and result["requests_per_s"] > 0
