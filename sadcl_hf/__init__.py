@@ -11,7 +11,7 @@ from .modeling_sadcl import (
     SADCLModelOutput,
     SADCLPreTrainedModel,
 )
-from .calibration import calibrate_thresholds, load_thresholds
+from .analysis.calibration import calibrate_thresholds, load_thresholds
 from .losses import (
     AsymmetricLoss,
     PrototypeToSampleContrastiveLoss,
@@ -19,7 +19,7 @@ from .losses import (
     SADCLLossOutput,
     SampleToSampleContrastiveLoss,
 )
-from .pipeline import MULTI_LABEL_TASK, MultiLabelImageClassificationPipeline, register_pipeline
+from .serving.pipeline import MULTI_LABEL_TASK, MultiLabelImageClassificationPipeline, register_pipeline
 
 __version__ = "0.1.0"
 
@@ -33,7 +33,11 @@ SADCLModel.register_for_auto_class("AutoModel")
 SADCLForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 register_pipeline()  # pipeline("multi-label-image-classification", model=...)
 
-_LAZY = {"SADCLTrainer": ".trainer", "SADCLTrainingArguments": ".trainer", "SADCLOnnxModel": ".onnx_runtime"}
+_LAZY = {
+    "SADCLTrainer": ".training.trainer",
+    "SADCLTrainingArguments": ".training.trainer",
+    "SADCLOnnxModel": ".serving.onnx_runtime",
+}
 
 
 def __getattr__(name: str):

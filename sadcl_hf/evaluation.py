@@ -34,6 +34,7 @@ they apply:
 
 from __future__ import annotations
 
+import numbers
 import operator
 import re
 import warnings
@@ -46,11 +47,14 @@ import numpy as np
 __all__ = [
     "DEFAULT_THRESHOLD",
     "METRIC_PATH",
+    "MULTI_LABEL_TASK",
     "METRIC_TITLES",
     "MultiLabelMetrics",
     "THRESHOLD_COMPARISON",
     "average_precision",
+    "check_label_names",
     "compute_metrics",
+    "has_placeholder_label_names",
     "load_metric",
     "mean_average_precision",
     "metric_names",
@@ -58,12 +62,16 @@ __all__ = [
     "multilabel_metrics",
     "per_class_f1_thresholds",
     "predict_labels",
+    "resolve_thresholds",
     "sigmoid",
     "split_metric_name",
 ]
 
 METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "multilabel_map"
 """Directory of the ``evaluate`` metric module (``evaluate.load(str(METRIC_PATH))``)."""
+
+MULTI_LABEL_TASK = "multi-label-image-classification"
+"""The transformers task of multi-label tagging: the pipeline's name and the model card's tag."""
 
 DEFAULT_THRESHOLD = 0.5
 """Decision threshold on sigmoid probabilities where none is given or calibrated (the paper's CP ... OF1 use it)."""
@@ -158,6 +166,75 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 def predict_labels(scores: np.ndarray, thresholds: float | np.ndarray) -> np.ndarray:
     """Boolean predictions of :data:`THRESHOLD_COMPARISON`: ``scores`` [..., K] against a scalar or [K] thresholds."""
     return THRESHOLD_COMPARISON(scores, thresholds)
+
+
+def has_placeholder_label_names(config) -> bool:
+    """Whether `config.id2label` holds transformers' placeholders `LABEL_0`, `LABEL_1`, ... instead of names."""
+    id2label = {int(index): name for index, name in (getattr(config, "id2label", None) or {}).items()}
+    return all(id2label.get(index) == f"LABEL_{index}" for index in range(config.num_labels))
+
+
+def check_label_names(config) -> list[str]:
+    """The label names of `config` in class-index order.
+
+    Raises `ValueError` when `id2label` does not name every class `0 .. num_labels - 1`; warns when the names are
+    transformers' placeholders (`LABEL_0`, `LABEL_1`, ...), i.e. the model folder was saved without label names.
+    """
+    id2label = {int(index): name for index, name in (getattr(config, "id2label", None) or {}).items()}
+    num_labels = config.num_labels
+    missing = [index for index in range(num_labels) if index not in id2label]
+    if missing:
+        raise ValueError(
+            f"config.id2label must name every class 0..{num_labels - 1} of the model; classes {missing[:10]} have no "
+            "name. Fix `id2label` in the model folder's config.json."
+        )
+    names = [str(id2label[index]) for index in range(num_labels)]
+    if has_placeholder_label_names(config):
+        warnings.warn(
+            "The model config has no label names (id2label holds the placeholders LABEL_0 ... "
+            f"LABEL_{num_labels - 1}); predictions will carry these placeholders. Set `id2label` in config.json.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return names
+
+
+def resolve_thresholds(threshold: float | Sequence[float] | np.ndarray | None, config) -> np.ndarray:
+    """The per-class decision thresholds [K] (float64).
+
+    Args:
+        threshold: one number for every class, or one value per class; `None` takes `config.thresholds`, else 0.5.
+        config: the model config (`num_labels`, `thresholds`).
+
+    Raises:
+        ValueError: a value outside [0, 1] or NaN, or a list whose length is not the number of classes.
+    """
+    num_labels = config.num_labels
+    source = "threshold"
+    if threshold is None:
+        threshold = getattr(config, "thresholds", None)
+        source = "config.thresholds"
+        if threshold is None:
+            return np.full(num_labels, DEFAULT_THRESHOLD)
+    if isinstance(threshold, numbers.Real) and not isinstance(threshold, bool):
+        values = np.full(num_labels, float(threshold))
+    else:
+        try:
+            values = np.asarray(threshold, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"{source} must be a number in [0, 1] or a list of {num_labels} per-class thresholds, got {threshold!r}"
+            ) from error
+        if values.ndim == 0:
+            values = np.full(num_labels, float(values))
+        elif values.shape != (num_labels,):
+            raise ValueError(
+                f"{source} has {values.size} values but the model has {num_labels} labels; give one number or "
+                f"exactly {num_labels} per-class thresholds (in class-index order)"
+            )
+    if np.isnan(values).any() or (values < 0).any() or (values > 1).any():
+        raise ValueError(f"{source} must lie in [0, 1] (thresholds on sigmoid probabilities), got {values.tolist()}")
+    return values
 
 
 def split_metric_name(name: str) -> tuple[str, int | None] | None:

@@ -20,7 +20,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .data.loading import dataset_info
 from .evaluation import METRIC_TITLES, metric_title, split_metric_name
-from .pipeline import MULTI_LABEL_TASK, check_label_names
+from .evaluation import MULTI_LABEL_TASK, check_label_names
 
 __all__ = [
     "MODEL_CARD_TEMPLATE_PATH",

@@ -574,7 +574,7 @@ class SADCLForImageClassification(SADCLPreTrainedModel):
     Only a training forward (`model.train()`, labels, objective `"sadcl"`) reads, resizes or writes it: it is
     (re)started from the prototypes when a batch is larger than it, a smaller batch (the last of an epoch) uses its
     first rows, and `SADCLTrainer` keeps it with each checkpoint, one file per process
-    (`memory_bank-rank{i}.safetensors`, `sadcl_hf.callbacks.CheckpointStateCallback`), and restores it on resume.
+    (`memory_bank-rank{i}.safetensors`, `sadcl_hf.training.callbacks.CheckpointStateCallback`), and restores it on resume.
     In eval mode the SSCL view that the bank would give is the prototypes (the bank's state before the first training
     step), so evaluation never changes the bank and `eval_loss` depends neither on it nor on the batch size.
     """

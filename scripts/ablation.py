@@ -10,7 +10,7 @@ Per seed s (the training seed; the dataset stays the same):
   sadcl-reference  stage 2 from the stage-1 model: prototypes, then ASL + SSCL + PSCL, the released SSCL;
   sadcl-corrected  the same with the SSCL of the paper's equation (`sscl_mode="corrected"`).
 Each run is evaluated on the test split with its EMA weights: mAP and CF1 (%), and the separation of the label-level
-features of present classes (`sadcl_hf.feature_analysis.separation_scores`: cosine silhouette, same-class minus
+features of present classes (`sadcl_hf.analysis.label_features.separation_scores`: cosine silhouette, same-class minus
 different-class mean cosine). A finished run leaves `OUTPUT_DIR/seed<s>/<variant>/ablation.json` and is not run
 again, so an interrupted ablation resumes. Writes `OUTPUT_DIR/results.json` (every run), `OUTPUT_DIR/ablation.md`
 (mean ± std over the seeds that finished) and `OUTPUT_DIR/ablation.png` (bars with ± std error bars).
@@ -28,8 +28,8 @@ from transformers import AutoModelForImageClassification
 
 from sadcl_hf.cli import run_script
 from sadcl_hf.data import load_multilabel_dataset
-from sadcl_hf.feature_analysis import analyze_label_features
-from sadcl_hf.training import parse_arguments, run_training
+from sadcl_hf.analysis.label_features import analyze_label_features
+from sadcl_hf.training.recipe import parse_arguments, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("baseline", "asl-control", "sadcl-reference", "sadcl-corrected")

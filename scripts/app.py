@@ -6,7 +6,7 @@ tag's attention map. Needs `pip install "sadcl-hf[app]"`.
     python scripts/app.py --model your-name/sadcl-r101-coco --examples photos/*.jpg
     python scripts/app.py --model runs/demo/model --backend onnx-int8 --max-file-size 5mb --max-batch-size 32
 
-The page is `sadcl_hf.app.build_app`; this script parses arguments and launches it.
+The page is `sadcl_hf.serving.web.build_app`; this script parses arguments and launches it.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import re
 import tempfile
 from pathlib import Path
 
-from sadcl_hf.app import (
+from sadcl_hf.serving.web import (
     DEFAULT_DELETE_CACHE, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_FILE_SIZE, Tagger, build_app, default_examples,
 )  # fmt: skip
 from sadcl_hf.cli import run_script
-from sadcl_hf.onnx_runtime import ONNX_BACKENDS
+from sadcl_hf.serving.onnx_runtime import ONNX_BACKENDS
 
 
 def main() -> None:

@@ -39,7 +39,6 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -524,7 +523,7 @@ def run_serving(args: argparse.Namespace) -> Dict[str, object]:
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     import sadcl_hf  # noqa: F401  (registers the Auto classes)
-    from sadcl_hf.onnx_export import (
+    from sadcl_hf.serving.onnx_export import (
         ONNX_FILE_NAME,
         ONNX_INT8_FILE_NAME,
         compare_onnx_models,
@@ -691,8 +690,8 @@ def demo_sized_model_folder(args: argparse.Namespace, calibration_images: List[s
 
     from sadcl_hf import SADCLConfig, SADCLForImageClassification
     from sadcl_hf.image_processing import image_processor_for_config
-    from sadcl_hf.onnx_export import ONNX_FILE_NAME, ONNX_INT8_FILE_NAME, export_onnx, quantize_onnx_int8
-    from sadcl_hf.pipeline import load_pipeline_image
+    from sadcl_hf.serving.onnx_export import ONNX_FILE_NAME, ONNX_INT8_FILE_NAME, export_onnx, quantize_onnx_int8
+    from sadcl_hf.serving.pipeline import load_pipeline_image
 
     demo_model = Path(__file__).resolve().parents[1] / "runs" / "demo" / "model"
     if args.model:
@@ -723,13 +722,13 @@ def demo_sized_model_folder(args: argparse.Namespace, calibration_images: List[s
 def tagger_load(
     model: str, backend: str, image_paths: List[str], clients: List[int], repeats: int
 ) -> Dict[str, object]:
-    """Requests/s and p50/p95 latency of the web tagger (`sadcl_hf.app.build_app`, launched on loopback with the
+    """Requests/s and p50/p95 latency of the web tagger (`sadcl_hf.serving.web.build_app`, launched on loopback with the
     `backend`) at each number of concurrent `clients`, each sending images of `image_paths`, through
-    `sadcl_hf.app.tagger_load_benchmark`: the best of `repeats` runs per number of clients, with every run and the
+    `sadcl_hf.serving.web.tagger_load_benchmark`: the best of `repeats` runs per number of clients, with every run and the
     load average before it."""
     import socket
 
-    from sadcl_hf.app import Tagger, build_app, tagger_load_benchmark
+    from sadcl_hf.serving.web import Tagger, build_app, tagger_load_benchmark
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -754,14 +753,14 @@ def tagger_load(
 
 
 def run_tagging(args: argparse.Namespace) -> Dict[str, object]:
-    """`tagging`: images/s of `predict.py`'s path (`sadcl_hf.inference.predict_images`: decode, preprocess, forward,
+    """`tagging`: images/s of `predict.py`'s path (`sadcl_hf.serving.batch.predict_images`: decode, preprocess, forward,
     records written) on a folder of 12 MP JPEGs for each backend, beside the limits of that path: model-only
     images/s (the forward alone on the same preprocessed batches) and decode-only images/s (loading and preprocessing
     as `predict_images` does, with its DataLoader workers, no model); then the web tagger's requests/s and latency at
     1 and 16 concurrent clients. Each figure is the best of `--repeats` runs, with the load average before each."""
     import platform
 
-    from sadcl_hf.inference import PredictionWriter, TaggingInputs, expand_inputs, load_tagger, predict_images
+    from sadcl_hf.serving.batch import PredictionWriter, TaggingInputs, expand_inputs, load_tagger, predict_images
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -895,7 +894,7 @@ def run_streaming(args: argparse.Namespace) -> Dict[str, object]:
 
     from sadcl_hf.data import load_multilabel_dataset
     from sadcl_hf.data.streaming import write_parquet_shards
-    from sadcl_hf.training import parse_arguments, run_training
+    from sadcl_hf.training.recipe import parse_arguments, run_training
 
     if args.threads:
         torch.set_num_threads(args.threads)

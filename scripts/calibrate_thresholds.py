@@ -20,7 +20,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from sadcl_hf import calibrate_thresholds
-from sadcl_hf.calibration import format_calibration_report
+from sadcl_hf.analysis.calibration import format_calibration_report
 from sadcl_hf.cli import run_script
 from sadcl_hf.data import load_multilabel_dataset
 

@@ -5,7 +5,7 @@
         --output prototypes.safetensors [--threshold 0.85] [--batch-size 64]
 
 A prototype is the mean label-level feature over the training images where the class is present and predicted
-with probability > threshold (classes never seen: see `sadcl_hf.prototypes.compute_prototypes`). The dataset is
+with probability > threshold (classes never seen: see `sadcl_hf.training.prototypes.compute_prototypes`). The dataset is
 given by `--config` (its `dataset`, `dataset_root`, `train_split`, `dataset_options`) or `--dataset`/`--dataset-root`.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 from sadcl_hf import SADCLForImageClassification
 from sadcl_hf.cli import run_script
 from sadcl_hf.data import dataset_label_names
-from sadcl_hf.prototypes import compute_dataset_prototypes, save_prototypes
-from sadcl_hf.training import DataArguments, default_splits, load_split, read_config_file
+from sadcl_hf.training.prototypes import compute_dataset_prototypes, save_prototypes
+from sadcl_hf.training.recipe import DataArguments, default_splits, load_split, read_config_file
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ category-id order, VOC's 20, NUS-WIDE's 81); --id2label: names from a file inste
 import argparse
 
 from sadcl_hf.cli import run_script
-from sadcl_hf.conversion import convert_official_checkpoint
-from sadcl_hf.hub import push_model_folder
+from sadcl_hf.hub.conversion import convert_official_checkpoint
+from sadcl_hf.hub.push import push_model_folder
 
 
 def _heads(text: str) -> list[int]:

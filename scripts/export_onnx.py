@@ -26,7 +26,7 @@ from transformers import AutoModelForImageClassification
 
 from sadcl_hf.cli import run_script
 from sadcl_hf.model_card import add_onnx_results_to_model_card
-from sadcl_hf.onnx_export import (
+from sadcl_hf.serving.onnx_export import (
     ONNX_FILE_NAME,
     ONNX_INT8_FILE_NAME,
     export_onnx,

@@ -41,9 +41,9 @@ from tqdm.auto import tqdm
 
 from sadcl_hf import load_thresholds
 from sadcl_hf.cli import run_script
-from sadcl_hf.inference import PredictionWriter, expand_inputs, load_tagger, predict_images, write_caption
-from sadcl_hf.onnx_runtime import ONNX_BACKENDS
-from sadcl_hf.pipeline import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT
+from sadcl_hf.serving.batch import PredictionWriter, expand_inputs, load_tagger, predict_images, write_caption
+from sadcl_hf.serving.onnx_runtime import ONNX_BACKENDS
+from sadcl_hf.serving.pipeline import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT
 
 
 @contextmanager

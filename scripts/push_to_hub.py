@@ -12,7 +12,7 @@ goes up in one commit (`huggingface_hub.HfApi.upload_folder`). Log in first (`hf
 
     python scripts/push_to_hub.py MODEL_DIR REPO_ID --space ORG/NAME
 
-also writes a ready Gradio Space ORG/NAME serving the web tagger for REPO_ID (`sadcl_hf.app.write_space_folder`:
+also writes a ready Gradio Space ORG/NAME serving the web tagger for REPO_ID (`sadcl_hf.hub.space.write_space_folder`:
 app.py, requirements.txt, the Space card naming the model, a copy of sadcl_hf; for a digits model, digits-mosaic
 example images) and uploads it in one commit (needs `pip install "sadcl-hf[app]"`).
 """
@@ -23,7 +23,7 @@ import argparse
 from pathlib import Path
 
 from sadcl_hf.cli import run_script
-from sadcl_hf.hub import push_model_folder
+from sadcl_hf.hub.push import push_model_folder
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from huggingface_hub.utils import logging as hub_logging
 from transformers.utils import logging as hf_logging
 
 from sadcl_hf.cli import run_script
-from sadcl_hf.training import parse_arguments, run_training
+from sadcl_hf.training.recipe import parse_arguments, run_training
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ For each model, one PNG `OUTPUT_DIR/<name>_tsne.png` (same axes style for every 
 label-level features of the classes present in the split's images, coloured by class; the same for the projected
 features; the class prototypes in the first embedding (fitted on features and prototypes jointly). Prints, and writes
 to `OUTPUT_DIR/separation.json`, the cosine silhouette score and the same-class minus different-class mean cosine of
-those features (`sadcl_hf.feature_analysis`).
+those features (`sadcl_hf.analysis.label_features`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from transformers import AutoModelForImageClassification
 
 from sadcl_hf.cli import run_script
 from sadcl_hf.data import dataset_label_names, load_multilabel_dataset
-from sadcl_hf.feature_analysis import DEFAULT_MAX_FEATURES, analyze_label_features, plot_label_features
+from sadcl_hf.analysis.label_features import DEFAULT_MAX_FEATURES, analyze_label_features, plot_label_features
 
 
 def _name(model: str) -> str:

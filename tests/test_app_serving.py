@@ -15,9 +15,9 @@ import torch
 from gradio_client import Client, handle_file
 
 from sadcl_hf import SADCLConfig, SADCLForImageClassification
-from sadcl_hf.app import DEFAULT_DELETE_CACHE, Tagger, build_app, tagger_load_benchmark
+from sadcl_hf.serving.web import DEFAULT_DELETE_CACHE, Tagger, build_app, tagger_load_benchmark
 from sadcl_hf.image_processing import image_processor_for_config
-from sadcl_hf.inference import load_tagger
+from sadcl_hf.serving.batch import load_tagger
 
 LABELS = ["cat", "dog", "tree", "car", "boat", "bird"]
 NUM_REQUESTS = 6

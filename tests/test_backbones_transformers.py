@@ -108,7 +108,7 @@ def test_transformers_backbones_load_with_remote_code_without_sadcl_hf(saved_mod
 
 @pytest.mark.parametrize("family", sorted(BACKBONES))
 def test_transformers_backbone_exports_to_onnx(family, saved_models, tmp_path):
-    from sadcl_hf.onnx_export import export_onnx, verify_onnx
+    from sadcl_hf.serving.onnx_export import export_onnx, verify_onnx
 
     model = AutoModelForImageClassification.from_pretrained(saved_models[family]).eval()
     path = export_onnx(model, tmp_path / "model.onnx")

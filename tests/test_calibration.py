@@ -12,7 +12,7 @@ import torch
 from transformers import AutoConfig, pipeline
 
 from sadcl_hf import MULTI_LABEL_TASK, calibrate_thresholds, load_thresholds
-from sadcl_hf.calibration import format_calibration_report, predict_scores
+from sadcl_hf.analysis.calibration import format_calibration_report, predict_scores
 from sadcl_hf.data.common import multilabel_features
 from sadcl_hf.evaluation import (
     DEFAULT_THRESHOLD,

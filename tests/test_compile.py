@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sadcl_hf.training import parse_arguments, run_training
+from sadcl_hf.training.recipe import parse_arguments, run_training
 
 from .conftest import make_tiny_model
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sadcl_hf import SADCLForImageClassification
-from sadcl_hf.conversion import convert_official_checkpoint, convert_official_state_dict
+from sadcl_hf.hub.conversion import convert_official_checkpoint, convert_official_state_dict
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_official_checkpoint.py"
 RESNET_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "q2l" / "resnet101_state_dict.fp16.safetensors"

@@ -21,7 +21,7 @@ from torchvision import transforms
 from transformers import AutoImageProcessor, AutoModelForImageClassification, CvtConfig, pipeline
 
 from sadcl_hf import COCO_LABELS, SADCLConfig, SADCLForImageClassification
-from sadcl_hf.conversion import (
+from sadcl_hf.hub.conversion import (
     convert_official_checkpoint,
     convert_official_state_dict,
     label_names_for_dataset,
@@ -482,7 +482,7 @@ def test_stage_two_trains_from_a_converted_model(tmp_path):
     """`train.py --stage sadcl --model_name_or_path CONVERTED`: a released-style 10-class checkpoint (the CvT
     fixture with its class queries and classifier widened to the digits' 10 classes) converted with the digits'
     names, then prototypes from it and the full objective on digits-mosaic for two steps."""
-    from sadcl_hf.training import parse_arguments, run_training
+    from sadcl_hf.training.recipe import parse_arguments, run_training
 
     state_dict = load_file(LOCAL_FIXTURES / "cvt_w24_384_state_dict.fp16.safetensors")
     generator = torch.Generator().manual_seed(0)

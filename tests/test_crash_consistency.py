@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from sadcl_hf.callbacks import checkpoint_is_complete, newest_complete_checkpoint, resolve_resume_checkpoint
-from sadcl_hf.training import parse_arguments, run_training
+from sadcl_hf.training.callbacks import checkpoint_is_complete, newest_complete_checkpoint, resolve_resume_checkpoint
+from sadcl_hf.training.recipe import parse_arguments, run_training
 
 from .conftest import PROJECT_ROOT
 
@@ -29,7 +29,7 @@ FINAL_FILES = ("model.safetensors", "ema.safetensors", "memory_bank-rank0.safete
 KILLING_WRAPPER = '''
 import itertools, json, os, runpy, shutil, signal, sys
 import torch
-from sadcl_hf.trainer import SADCLTrainer
+from sadcl_hf.training.trainer import SADCLTrainer
 
 kill_step, snapshots = int(sys.argv[1]), sys.argv[2]
 sys.argv = sys.argv[3:]

@@ -26,7 +26,7 @@ from sadcl_hf.data import (
     load_vg500,
     load_voc,
 )
-from sadcl_hf.training import DataArguments, load_split
+from sadcl_hf.training.recipe import DataArguments, load_split
 
 
 def write_image(path: Path, color=(10, 200, 30), size=(12, 8)) -> Path:
@@ -571,7 +571,7 @@ def test_entry_point_errors(tmp_path):
 
 def test_dataset_registry_is_the_one_table_of_names_splits_and_display_names():
     from sadcl_hf.model_card import _dataset_display_name
-    from sadcl_hf.training import default_splits
+    from sadcl_hf.training.recipe import default_splits
 
     assert DATASET_NAMES == tuple(DATASETS)
     for name, info in DATASETS.items():

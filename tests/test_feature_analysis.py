@@ -13,7 +13,7 @@ from sklearn.metrics import silhouette_score
 
 from sadcl_hf import SADCLConfig, SADCLForImageClassification
 from sadcl_hf.data import load_multilabel_dataset
-from sadcl_hf.feature_analysis import (
+from sadcl_hf.analysis.label_features import (
     analyze_label_features,
     collect_label_features,
     plot_label_features,

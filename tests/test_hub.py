@@ -150,7 +150,7 @@ def test_model_and_trainer_push_to_hub_publish_the_sadcl_card(tiny_model_dir, tm
         import torch
         from transformers import AutoModelForImageClassification
         from sadcl_hf.model_card import record_training_summary
-        from sadcl_hf.trainer import SADCLTrainer, SADCLTrainingArguments
+        from sadcl_hf.training.trainer import SADCLTrainer, SADCLTrainingArguments
 
         model = AutoModelForImageClassification.from_pretrained({str(tiny_model_dir)!r})
         model.config.thresholds = [0.25, 0.5, 0.5, 0.5, 0.75]
@@ -204,7 +204,7 @@ def test_model_and_trainer_push_to_hub_publish_the_sadcl_card(tiny_model_dir, tm
 
 def test_push_script_card_from_the_recorded_results(tiny_model_dir, tmp_path):
     """A model folder without README.md: scripts/push_to_hub.py stages the card from `config.training_summary`."""
-    from sadcl_hf.hub import stage_model_folder
+    from sadcl_hf.hub.push import stage_model_folder
     from sadcl_hf.model_card import record_training_summary
 
     model = AutoModelForImageClassification.from_pretrained(tiny_model_dir)

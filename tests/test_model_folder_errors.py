@@ -6,7 +6,7 @@ import shutil
 import PIL.Image
 import pytest
 
-from sadcl_hf.inference import load_tagger
+from sadcl_hf.serving.batch import load_tagger
 
 from .conftest import run_script
 

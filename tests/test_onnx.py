@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
 
-from sadcl_hf.onnx_export import ONNX_FILE_NAME, count_quantized_convolutions, export_onnx, onnx_session, verify_onnx
-from sadcl_hf.onnx_runtime import SADCLOnnxModel
+from sadcl_hf.serving.onnx_export import ONNX_FILE_NAME, count_quantized_convolutions, export_onnx, onnx_session, verify_onnx
+from sadcl_hf.serving.onnx_runtime import SADCLOnnxModel
 from sadcl_hf.data import load_multilabel_dataset
 
 from .conftest import make_tiny_model, run_script
@@ -143,7 +143,7 @@ def _linear_probe_model(folder: Path, options: dict) -> None:
     from sklearn.linear_model import LogisticRegression
 
     from sadcl_hf.image_processing import image_processor_for_config
-    from sadcl_hf.onnx_export import evaluation_batches
+    from sadcl_hf.serving.onnx_export import evaluation_batches
 
     model = make_tiny_model(num_labels=10, seed=2).eval()
     model.config.id2label = {index: str(index) for index in range(10)}

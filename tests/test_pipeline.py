@@ -16,12 +16,12 @@ import torch
 from transformers import pipeline
 
 from sadcl_hf import MULTI_LABEL_TASK, MultiLabelImageClassificationPipeline, SADCLConfig, SADCLForImageClassification
-from sadcl_hf.attention_maps import class_attention_maps, colorize, render_attention_grid, save_attention_maps
+from sadcl_hf.serving.attention_maps import class_attention_maps, colorize, render_attention_grid, save_attention_maps
 from sadcl_hf.data import ImageLoadError, load_image
 from sadcl_hf.evaluation import sigmoid
 from sadcl_hf.image_processing import image_processor_for_config
-from sadcl_hf.inference import expand_inputs, predict_images
-from sadcl_hf.pipeline import check_label_names, resolve_thresholds
+from sadcl_hf.serving.batch import expand_inputs, predict_images
+from sadcl_hf.evaluation import check_label_names, resolve_thresholds
 
 from .conftest import make_tiny_model, run_script
 

@@ -15,7 +15,7 @@ import pytest
 from transformers import pipeline
 
 from sadcl_hf import MULTI_LABEL_TASK
-from sadcl_hf.inference import expand_inputs, predict_images, write_caption
+from sadcl_hf.serving.batch import expand_inputs, predict_images, write_caption
 
 from .conftest import PROJECT_ROOT, run_script
 

@@ -13,7 +13,7 @@ from sklearn.datasets import load_sample_images
 from transformers import AutoImageProcessor, pipeline
 
 from .conftest import make_tiny_model
-from sadcl_hf.calibration import predict_scores
+from sadcl_hf.analysis.calibration import predict_scores
 from sadcl_hf.data import load_image, load_multilabel_dataset, multilabel_features
 from sadcl_hf.evaluation import mean_average_precision
 from sadcl_hf.image_processing import (
@@ -22,8 +22,8 @@ from sadcl_hf.image_processing import (
     image_processor_for_config,
     processor_draft_size,
 )
-from sadcl_hf.prototypes import compute_dataset_prototypes
-from sadcl_hf.trainer import SADCLTrainer, SADCLTrainingArguments
+from sadcl_hf.training.prototypes import compute_dataset_prototypes
+from sadcl_hf.training.trainer import SADCLTrainer, SADCLTrainingArguments
 
 IMAGE_SIZE = 48  # not the photos' sizes, so every path resizes
 

@@ -1,4 +1,4 @@
-"""Tests of sadcl_hf.prototypes: file I/O, the second-stage prototype pass and the online initializer."""
+"""Tests of sadcl_hf.training.prototypes: file I/O, the second-stage prototype pass and the online initializer."""
 
 import logging
 from dataclasses import dataclass
@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from sadcl_hf.prototypes import OnlinePrototypeInitializer, compute_prototypes, load_prototypes, save_prototypes
+from sadcl_hf.training.prototypes import OnlinePrototypeInitializer, compute_prototypes, load_prototypes, save_prototypes
 
 
 NUM_LABELS, DIM = 4, 3
@@ -74,7 +74,7 @@ def test_compute_prototypes_matches_hand_computed_means(caplog):
     batches, records = make_dataset()
     model = FakeModel().train()
     fallback = torch.full((NUM_LABELS, DIM), 7.0)
-    with caplog.at_level(logging.WARNING, logger="sadcl_hf.prototypes"):
+    with caplog.at_level(logging.WARNING, logger="sadcl_hf.training.prototypes"):
         prototypes, counts = compute_prototypes(model, batches, threshold=0.85, fallback=fallback, progress_bar=False)
     assert prototypes.shape == (NUM_LABELS, DIM) and prototypes.dtype == torch.float32
     for num_class in (0, 1):
@@ -188,7 +188,7 @@ def test_dataset_prototypes_use_the_evaluation_batches_and_the_models_threshold(
 
     from sadcl_hf.data import multilabel_features
     from sadcl_hf.image_processing import eval_collator_for_config
-    from sadcl_hf.prototypes import compute_dataset_prototypes
+    from sadcl_hf.training.prototypes import compute_dataset_prototypes
 
     from .conftest import make_tiny_model
 

@@ -14,7 +14,7 @@ import pytest
 
 from sadcl_hf.data import DatasetLayoutError, dataset_label_names, load_multilabel_dataset
 from sadcl_hf.data.streaming import load_streaming_dataset, write_parquet_shards
-from sadcl_hf.training import parse_arguments
+from sadcl_hf.training.recipe import parse_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # training collator receives (the evaluation collator is a different object and is not recorded).
 RECORDING_TRAIN_SCRIPT = """
 import json, os, sys
-import sadcl_hf.training as training
-from sadcl_hf.training import parse_arguments, run_training
+import sadcl_hf.training.recipe as training
+from sadcl_hf.training.recipe import parse_arguments, run_training
 
 record = os.path.join(sys.argv[1], f"seen-rank{os.environ.get('RANK', '0')}.jsonl")
 original_trainer = training.SADCLTrainer
@@ -91,7 +91,7 @@ def test_webdataset_shards_stream_in_the_same_schema(tmp_path):
 
 
 def test_streaming_needs_max_steps(parquet_root, tmp_path):
-    from sadcl_hf.training import run_training
+    from sadcl_hf.training.recipe import run_training
 
     arguments = parse_arguments(
         ["--config", str(ROOT / "configs" / "demo.yaml"), "--streaming", "--dataset_root", str(parquet_root),

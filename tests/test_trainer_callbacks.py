@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from timm.utils.model_ema import ModelEmaV3
 from transformers import TrainerCallback, TrainerControl, TrainerState
 
-from sadcl_hf.callbacks import (
+from sadcl_hf.training.callbacks import (
     CHECKPOINT_COMPLETE_NAME,
     EMA_WEIGHTS_NAME,
     CheckpointStateCallback,
@@ -18,7 +18,7 @@ from sadcl_hf.callbacks import (
     process_file_name,
     resolve_resume_checkpoint,
 )
-from sadcl_hf.trainer import SADCLTrainer, SADCLTrainingArguments
+from sadcl_hf.training.trainer import SADCLTrainer, SADCLTrainingArguments
 
 from .conftest import make_tiny_model
 
@@ -302,7 +302,7 @@ def test_resume_on_another_number_of_processes_redistributes_banks_and_merges_on
     banks = [torch.randn(4, NUM_LABELS, HIDDEN_DIM, generator=generator) for _ in range(2)]
     states = [_online_state(generator) for _ in range(2)]
     _save_processes(tmp_path / "two", 2, banks, states)
-    with caplog.at_level("WARNING", logger="sadcl_hf.callbacks"):
+    with caplog.at_level("WARNING", logger="sadcl_hf.training.callbacks"):
         bank, online = _restore_process(tmp_path / "two", rank=0, world_size=1)
     assert "saved by 2 processes, resumed on 1" in caplog.text
     assert torch.equal(bank, banks[0])

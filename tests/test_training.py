@@ -20,8 +20,8 @@ from transformers import (
 )
 
 from sadcl_hf.model_card import record_training_summary
-from sadcl_hf.trainer import SADCLTrainer, SADCLTrainingArguments
-from sadcl_hf.training import ModelArguments, build_model, parse_arguments, run_training
+from sadcl_hf.training.trainer import SADCLTrainer, SADCLTrainingArguments
+from sadcl_hf.training.recipe import ModelArguments, build_model, parse_arguments, run_training
 
 from .conftest import make_tiny_model
 
@@ -254,7 +254,7 @@ def test_best_checkpoint_and_its_ema_are_exported(tmp_path, data_options):
 
 
 def test_compute_prototypes_script(tmp_path, data_options):
-    from sadcl_hf.prototypes import load_prototypes
+    from sadcl_hf.training.prototypes import load_prototypes
 
     model = make_tiny_model(num_labels=10)
     model.config.id2label = {i: str(i) for i in range(10)}
@@ -273,7 +273,7 @@ def test_compute_prototypes_script(tmp_path, data_options):
     assert "images per class" in result.stdout
     # the same as the function on the same data: the mean label feature over each class's positive images
     from sadcl_hf.data import load_multilabel_dataset
-    from sadcl_hf.prototypes import compute_prototypes
+    from sadcl_hf.training.prototypes import compute_prototypes
     from sadcl_hf.image_processing import eval_collator_for_config
 
     train = load_multilabel_dataset("digits-mosaic", split="train", **data_options)

@@ -15,7 +15,6 @@ import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from safetensors.torch import load_file, save_file
 from torch.profiler import ProfilerActivity, profile
-from torchvision.ops.misc import FrozenBatchNorm2d
 from transformers import ConvNextConfig
 from transformers.utils import logging as hf_logging
 

@@ -23,7 +23,9 @@ import os
 import shutil
 import uuid
 import zlib
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import datasets
@@ -37,6 +39,8 @@ from .common import multilabel_features
 __all__ = [
     "DIGITS_MOSAIC_SPLITS",
     "DIGIT_CLASSES",
+    "default_examples",
+    "digits_mosaic_examples",
     "digits_mosaic_cache_path",
     "digits_mosaic_scan_pools",
     "load_digits_mosaic",
@@ -365,3 +369,29 @@ def _save_atomically(dataset_dict: datasets.DatasetDict, path: str, parameters: 
         if not os.path.isfile(os.path.join(path, "dataset_dict.json")):
             raise
     logger.info("Cached digits-mosaic at %s", path)
+
+
+def digits_mosaic_examples(
+    directory: str | os.PathLike, num_examples: int = 8, **dataset_options: Any
+) -> list[Path]:
+    """Writes the first `num_examples` digits-mosaic test images to `directory/test_<i>.png` (kept if present) and
+    returns their paths; `dataset_options` go to [`load_digits_mosaic`]."""
+
+    directory = Path(directory)
+    paths = [directory / f"test_{index}.png" for index in range(num_examples)]
+    if all(path.is_file() for path in paths):
+        return paths
+    directory.mkdir(parents=True, exist_ok=True)
+    test_split = load_digits_mosaic(split="test", **dataset_options)
+    for path, image in zip(paths, test_split.select(range(num_examples))["image"]):
+        image.save(path)
+    return paths
+
+
+def default_examples(
+    label_names: Sequence[str], directory: str | os.PathLike, num_examples: int = 8
+) -> list[Path]:
+    """[`digits_mosaic_examples`] for a model whose labels are the digits "0" ... "9" (the demo's), else none."""
+    if num_examples < 1 or tuple(label_names) != DIGIT_CLASSES:
+        return []
+    return digits_mosaic_examples(directory, num_examples)

@@ -9,7 +9,7 @@ and JPEG decoding at the image processor's size. For models of another type it i
 
 How `pipeline("image-classification", model=...)` gets it:
 
-* with sadcl-hf imported, `sadcl_hf.pipeline.register_pipeline` makes it the task's pipeline class;
+* with sadcl-hf imported, `sadcl_hf.serving.pipeline.register_pipeline` makes it the task's pipeline class;
 * without sadcl-hf (`trust_remote_code=True`), through the checkpoint's `config.custom_pipelines`: a SADCL model's
   `save_pretrained` writes that entry and this file and `images.py` beside the weights ([`save_pipeline_code`]).
   That is why this file sits beside `images.py` and imports nothing else from sadcl-hf.

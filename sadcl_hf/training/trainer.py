@@ -1,6 +1,6 @@
 """`SADCLTrainer`: transformers' Trainer with the SADCL objective and its logged components, the paper's parameter
 groups and one-cycle schedule, and evaluation of the EMA weights. EMA updates, online prototypes and the state kept
-next to checkpoints are callbacks (`sadcl_hf.callbacks`)."""
+next to checkpoints are callbacks (`sadcl_hf.training.callbacks`)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from .callbacks import (
     mark_checkpoint_complete,
     resolve_resume_checkpoint,
 )
-from .evaluation import compute_metrics as multilabel_compute_metrics
-from .model_card import record_training_summary, save_model_card
+from ..evaluation import compute_metrics as multilabel_compute_metrics
+from ..model_card import record_training_summary, save_model_card
 
 __all__ = ["SADCLTrainer", "SADCLTrainingArguments"]
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .configuration_sadcl import SADCLConfig
+from ..configuration_sadcl import SADCLConfig
 
 __all__ = [
     "Q2L_MODEL_ZOO",
@@ -344,7 +344,7 @@ def _rename_backbone(family: str, state_dict: dict, config: SADCLConfig) -> dict
     the first name levels of a flattened module with `_` (`layers.0` -> `layers_0`); names are matched up to that.
     The final norm (`backbone.0.norm`) goes to the model's own `backbone.norm`; InPlaceABN's `num_batches_tracked`
     has no slot in frozen BatchNorm and is dropped."""
-    from .modeling_sadcl import SADCLBackbone
+    from ..modeling_sadcl import SADCLBackbone
 
     prefix = {"resnet": "backbone.0.body.", "tresnet": "backbone.0.body."}.get(family, "backbone.0.")
     backbone_state = {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
@@ -461,7 +461,7 @@ def convert_official_state_dict(
 def label_names_for_dataset(dataset: str) -> dict[int, str]:
     """The canonical class names of a benchmark in the released order (`sadcl_hf.data`'s registry): COCO's 80 in
     category-id order, VOC's 20, NUS-WIDE's 81. VG-500's names come from its file (`--id2label`)."""
-    from .data.loading import dataset_info
+    from ..data.loading import dataset_info
 
     info = dataset_info(dataset)
     if info.label_names is None:
@@ -543,9 +543,9 @@ def convert_official_checkpoint(
         image_size: the processor's size; default the training size read from the checkpoint.
         orid_norm: the run was trained without input normalisation (Query2Label's `orid_norm`: mean 0, std 1).
     """
-    from .image_processing import image_processor_for_config
-    from .model_card import create_model_card
-    from .modeling_sadcl import SADCLForImageClassification
+    from ..image_processing import image_processor_for_config
+    from ..model_card import create_model_card
+    from ..modeling_sadcl import SADCLForImageClassification
 
     checkpoint = Path(checkpoint)
     if id2label_file is not None:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .evaluation import (
+from ..evaluation import (
     DEFAULT_THRESHOLD,
     metric_names,
     metric_title,
@@ -28,7 +28,7 @@ from .evaluation import (
     per_class_f1_thresholds,
     sigmoid,
 )
-from .pipeline import check_label_names, has_placeholder_label_names, resolve_thresholds
+from ..evaluation import check_label_names, has_placeholder_label_names, resolve_thresholds
 
 __all__ = ["calibrate_thresholds", "format_calibration_report", "load_thresholds", "predict_scores"]
 
@@ -91,7 +91,7 @@ def load_thresholds(
 
 def _check_dataset_labels(dataset, config) -> None:
     """Raises when the dataset's class names (ClassLabel) disagree with the model's; warns for placeholder names."""
-    from .data import dataset_label_names
+    from ..data import dataset_label_names
 
     try:
         dataset_names = dataset_label_names(dataset)
@@ -137,7 +137,7 @@ def predict_scores(
     """
     from tqdm.auto import tqdm
 
-    from .image_processing import evaluation_dataloader
+    from ..image_processing import evaluation_dataloader
 
     loader = evaluation_dataloader(model.config, dataset, batch_size, num_workers, image_processor)
     device = torch.device(device) if device is not None else next(model.parameters()).device

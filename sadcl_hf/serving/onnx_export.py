@@ -8,7 +8,7 @@ metadata and [`verify_onnx`]. The label names, thresholds and normalisation are 
 
 Files live beside the model, as optimum lays them out, so a pushed model folder carries them:
 `onnx/model.onnx` (float32, [`ONNX_FILE_NAME`]) and `onnx/model_quantized.onnx` (static int8, QDQ,
-[`ONNX_INT8_FILE_NAME`]). [`sadcl_hf.onnx_runtime.SADCLOnnxModel`] serves either.
+[`ONNX_INT8_FILE_NAME`]). [`sadcl_hf.serving.onnx_runtime.SADCLOnnxModel`] serves either.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .evaluation import DEFAULT_THRESHOLD
-from .image_processing import backbone_normalization
+from ..evaluation import DEFAULT_THRESHOLD
+from ..image_processing import backbone_normalization
 
 __all__ = [
     "ONNX_FILE_NAME",
@@ -259,8 +259,8 @@ def evaluation_batches(
     """A dataset split preprocessed for `config` as in evaluation: pixel_values batches [B, 3, S, S] float32 and the
     multi-hot targets [N, K]. `dataset`, `root` and `options` go to [`sadcl_hf.data.load_multilabel_dataset`]; the
     split's class names must be the model's."""
-    from .data import dataset_label_names, load_multilabel_dataset
-    from .image_processing import evaluation_dataloader
+    from ..data import dataset_label_names, load_multilabel_dataset
+    from ..image_processing import evaluation_dataloader
 
     data = load_multilabel_dataset(dataset, root=root, split=split, **options)
     names = dataset_label_names(data)
@@ -284,7 +284,7 @@ def compare_onnx_models(
     """mAP (percent) of two ONNX classifiers on the same data, the change (`map_change`, candidate - reference,
     points), the largest probability difference and the share of (image, class) tag decisions they agree on at
     `thresholds` ([K] or one number)."""
-    from .evaluation import mean_average_precision, predict_labels, sigmoid
+    from ..evaluation import mean_average_precision, predict_labels, sigmoid
 
     logits = [onnx_logits(path, batches) for path in (reference, candidate)]
     probabilities = [sigmoid(value.astype(np.float64)) for value in logits]
@@ -313,7 +313,7 @@ def quantize_with_calibration(
     """Static int8 of the float graph `path` ([`quantize_onnx_int8`]) calibrated on `calibration_samples` images
     of `calibration_split`, then both graphs scored on `eval_split` ([`compare_onnx_models`] at the model's
     thresholds). Returns the comparison plus `num_calibration_images`, `quantized_convolutions` and `convolutions`."""
-    from .pipeline import resolve_thresholds
+    from ..evaluation import resolve_thresholds
 
     data = dict(dataset=dataset, root=root, **options)
     calibration, _ = evaluation_batches(

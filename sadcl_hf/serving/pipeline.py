@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import numbers
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,94 +31,26 @@ import numpy as np
 from transformers import AutoModelForImageClassification
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .data.images import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT
-from .data.pipeline_image_classification import SADCLImageClassificationPipeline, load_pipeline_image
-from .evaluation import DEFAULT_THRESHOLD, predict_labels, sigmoid
+from ..data.images import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT
+from ..data.pipeline_image_classification import SADCLImageClassificationPipeline, load_pipeline_image
+from ..evaluation import (
+    MULTI_LABEL_TASK,
+    check_label_names,
+    predict_labels,
+    resolve_thresholds,
+    sigmoid,
+)
 
 __all__ = [
     "DEFAULT_MAX_URL_BYTES",
-    "DEFAULT_THRESHOLD",
     "DEFAULT_URL_TIMEOUT",
     "MULTI_LABEL_TASK",
     "MultiLabelImageClassificationPipeline",
-    "check_label_names",
-    "has_placeholder_label_names",
     "load_pipeline_image",
     "register_pipeline",
-    "resolve_thresholds",
 ]
 
-MULTI_LABEL_TASK = "multi-label-image-classification"
 STOCK_TASK = "image-classification"
-
-
-def has_placeholder_label_names(config) -> bool:
-    """Whether `config.id2label` holds transformers' placeholders `LABEL_0`, `LABEL_1`, ... instead of names."""
-    id2label = {int(index): name for index, name in (getattr(config, "id2label", None) or {}).items()}
-    return all(id2label.get(index) == f"LABEL_{index}" for index in range(config.num_labels))
-
-
-def check_label_names(config) -> list[str]:
-    """The label names of `config` in class-index order.
-
-    Raises `ValueError` when `id2label` does not name every class `0 .. num_labels - 1`; warns when the names are
-    transformers' placeholders (`LABEL_0`, `LABEL_1`, ...), i.e. the model folder was saved without label names.
-    """
-    id2label = {int(index): name for index, name in (getattr(config, "id2label", None) or {}).items()}
-    num_labels = config.num_labels
-    missing = [index for index in range(num_labels) if index not in id2label]
-    if missing:
-        raise ValueError(
-            f"config.id2label must name every class 0..{num_labels - 1} of the model; classes {missing[:10]} have no "
-            "name. Fix `id2label` in the model folder's config.json."
-        )
-    names = [str(id2label[index]) for index in range(num_labels)]
-    if has_placeholder_label_names(config):
-        warnings.warn(
-            "The model config has no label names (id2label holds the placeholders LABEL_0 ... "
-            f"LABEL_{num_labels - 1}); predictions will carry these placeholders. Set `id2label` in config.json.",
-            UserWarning,
-            stacklevel=2,
-        )
-    return names
-
-
-def resolve_thresholds(threshold: float | Sequence[float] | np.ndarray | None, config) -> np.ndarray:
-    """The per-class decision thresholds [K] (float64).
-
-    Args:
-        threshold: one number for every class, or one value per class; `None` takes `config.thresholds`, else 0.5.
-        config: the model config (`num_labels`, `thresholds`).
-
-    Raises:
-        ValueError: a value outside [0, 1] or NaN, or a list whose length is not the number of classes.
-    """
-    num_labels = config.num_labels
-    source = "threshold"
-    if threshold is None:
-        threshold = getattr(config, "thresholds", None)
-        source = "config.thresholds"
-        if threshold is None:
-            return np.full(num_labels, DEFAULT_THRESHOLD)
-    if isinstance(threshold, numbers.Real) and not isinstance(threshold, bool):
-        values = np.full(num_labels, float(threshold))
-    else:
-        try:
-            values = np.asarray(threshold, dtype=np.float64)
-        except (TypeError, ValueError) as error:
-            raise ValueError(
-                f"{source} must be a number in [0, 1] or a list of {num_labels} per-class thresholds, got {threshold!r}"
-            ) from error
-        if values.ndim == 0:
-            values = np.full(num_labels, float(values))
-        elif values.shape != (num_labels,):
-            raise ValueError(
-                f"{source} has {values.size} values but the model has {num_labels} labels; give one number or "
-                f"exactly {num_labels} per-class thresholds (in class-index order)"
-            )
-    if np.isnan(values).any() or (values < 0).any() or (values > 1).any():
-        raise ValueError(f"{source} must lie in [0, 1] (thresholds on sigmoid probabilities), got {values.tolist()}")
-    return values
 
 
 class MultiLabelImageClassificationPipeline(SADCLImageClassificationPipeline):
@@ -140,7 +71,7 @@ class MultiLabelImageClassificationPipeline(SADCLImageClassificationPipeline):
     Constructor argument:
         backend (`str`, *optional*): `"pytorch"` (default); `"onnx"` or `"onnx-int8"` serve the model folder's
             `onnx/model.onnx` or `onnx/model_quantized.onnx` with ONNX Runtime instead (see
-            [`sadcl_hf.onnx_runtime.SADCLOnnxModel`]; `scripts/export_onnx.py` writes them).
+            [`sadcl_hf.serving.onnx_runtime.SADCLOnnxModel`]; `scripts/export_onnx.py` writes them).
     """
 
     def __init__(self, *args, backend: str = "pytorch", **kwargs):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .losses import confident_positives
+from ..losses import confident_positives
 
 
 __all__ = [
@@ -323,7 +323,7 @@ def compute_dataset_prototypes(
     Returns:
         `(prototypes [K, D] float32, counts [K] int64)` as [`compute_prototypes`].
     """
-    from .image_processing import evaluation_dataloader
+    from ..image_processing import evaluation_dataloader
 
     return compute_prototypes(
         model,

@@ -1,6 +1,6 @@
 """Tagging many images: [`predict_images`] (behind `scripts/predict.py`) and the files it reads and writes.
 
-    from sadcl_hf.inference import load_tagger, predict_images
+    from sadcl_hf.serving.batch import load_tagger, predict_images
 
     tagger = load_tagger("runs/demo/model")
     for record in predict_images(tagger, ["photo.jpg", "photos/"], attention_maps_dir="maps"):
@@ -23,10 +23,10 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from transformers.utils import IMAGE_PROCESSOR_NAME, cached_file
 
 from .attention_maps import logits_and_attention_maps, save_attention_grid
-from .data import ImageProcessorTransform
-from .data.images import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT, ImageLoadError, processor_draft_size
-from .evaluation import sigmoid
-from .image_processing import image_processor_for_config
+from ..data import ImageProcessorTransform
+from ..data.images import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT, ImageLoadError, processor_draft_size
+from ..evaluation import sigmoid
+from ..image_processing import image_processor_for_config
 from .onnx_runtime import ONNX_BACKENDS, SADCLOnnxModel
 from .pipeline import MultiLabelImageClassificationPipeline, load_pipeline_image
 

@@ -16,8 +16,8 @@ import torch
 import yaml
 from transformers import EarlyStoppingCallback, HfArgumentParser, TrainerCallback, set_seed
 
-from .configuration_sadcl import SADCL_PRESETS, SADCLConfig
-from .data import (
+from ..configuration_sadcl import SADCL_PRESETS, SADCLConfig
+from ..data import (
     DEFAULT_CROP_SCALES,
     MultiLabelCollator,
     build_train_transform,
@@ -26,9 +26,9 @@ from .data import (
     load_multilabel_dataset,
     read_unreadable_list,
 )
-from .data.streaming import load_streaming_dataset
-from .image_processing import backbone_normalization, eval_collator_for_config, image_processor_for_config
-from .modeling_sadcl import SADCLForImageClassification
+from ..data.streaming import load_streaming_dataset
+from ..image_processing import backbone_normalization, eval_collator_for_config, image_processor_for_config
+from ..modeling_sadcl import SADCLForImageClassification
 from .prototypes import compute_dataset_prototypes, load_prototypes, save_prototypes
 from .trainer import SADCLTrainer, SADCLTrainingArguments
 

@@ -2,7 +2,7 @@
 
     python scripts/app.py --model runs/demo/model            # then open http://127.0.0.1:7860
 
-    from sadcl_hf.app import build_app
+    from sadcl_hf.serving.web import build_app
     build_app("runs/demo/model").queue().launch(max_file_size=DEFAULT_MAX_FILE_SIZE)
 
 The page takes one or more images (upload, drop, or a click on an example thumbnail), shows their thumbnails, lists
@@ -20,10 +20,7 @@ map pictures are drawn from the stored maps and re-thresholding is done beside i
 from __future__ import annotations
 
 import html
-import importlib.metadata
 import os
-import re
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,9 +30,11 @@ import PIL.Image
 import torch
 
 from .attention_maps import logits_and_attention_maps, render_attention_grid
-from .data.images import ImageLoadError
+from ..data.digits_mosaic import default_examples, digits_mosaic_examples
+from ..data.images import ImageLoadError
 from .onnx_runtime import SADCLOnnxModel
-from .pipeline import load_pipeline_image, resolve_thresholds
+from ..evaluation import resolve_thresholds
+from .pipeline import load_pipeline_image
 
 __all__ = [
     "DEFAULT_DELETE_CACHE", "DEFAULT_MAX_BATCH_SIZE", "DEFAULT_MAX_FILE_SIZE", "Tagger", "build_app",
@@ -70,7 +69,7 @@ class Tagger:
     """
 
     def __init__(self, model_name_or_path: str | os.PathLike, device: str = "cpu", backend: str = "pytorch"):
-        from .inference import load_tagger
+        from .batch import load_tagger
 
         model_name_or_path = os.fspath(model_name_or_path)
         self.pipeline = load_tagger(model_name_or_path, device, backend=backend)
@@ -126,35 +125,6 @@ class Tagger:
         score = 1.0 / (1.0 + np.exp(-float(logits[label_index])))
         title = f"{self.label_names[label_index]} {score:.2f}"
         return render_attention_grid(image, maps[[label_index]], [title], image_title="input", tile_size=320)
-
-
-def digits_mosaic_examples(
-    directory: str | os.PathLike, num_examples: int = 8, **dataset_options: Any
-) -> list[Path]:
-    """Writes the first `num_examples` digits-mosaic test images to `directory/test_<i>.png` (kept if present) and
-    returns their paths; `dataset_options` go to [`sadcl_hf.data.load_digits_mosaic`]."""
-    from .data import load_multilabel_dataset
-
-    directory = Path(directory)
-    paths = [directory / f"test_{index}.png" for index in range(num_examples)]
-    if all(path.is_file() for path in paths):
-        return paths
-    directory.mkdir(parents=True, exist_ok=True)
-    test_split = load_multilabel_dataset("digits-mosaic", split="test", **dataset_options)
-    for path, image in zip(paths, test_split.select(range(num_examples))["image"]):
-        image.save(path)
-    return paths
-
-
-def default_examples(
-    label_names: Sequence[str], directory: str | os.PathLike, num_examples: int = 8
-) -> list[Path]:
-    """[`digits_mosaic_examples`] for a model whose labels are the digits "0" ... "9" (the demo's), else none."""
-    from .data.digits_mosaic import DIGIT_CLASSES
-
-    if num_examples < 1 or tuple(label_names) != DIGIT_CLASSES:
-        return []
-    return digits_mosaic_examples(directory, num_examples)
 
 
 def _tags_html(names: Sequence[str], tags: Sequence[Sequence[dict[str, Any]]], thresholds: np.ndarray) -> str:
@@ -361,77 +331,6 @@ def build_app(
         )
         label_choice.input(choose_label, [state, image_choice, label_choice], overlay, **attention_events)
     return app
-
-
-_SPACE_APP = """\
-\"\"\"SADCL tagger for {model_id} (written by sadcl-hf's `scripts/push_to_hub.py --space`).\"\"\"
-
-from pathlib import Path
-
-from sadcl_hf.app import build_app
-
-MODEL_ID = {model_id!r}
-EXAMPLES = sorted(Path(__file__).parent.glob("examples/*"))
-
-build_app(MODEL_ID, examples=EXAMPLES).queue().launch()
-"""
-
-_SPACE_README = """\
----
-title: SADCL tagger
-emoji: 🏷️
-colorFrom: indigo
-colorTo: yellow
-sdk: gradio
-sdk_version: {gradio_version}
-app_file: app.py
-models:
-  - {model_id}
-pinned: false
----
-
-Multi-label tagging with [{model_id}](https://huggingface.co/{model_id}), a SADCL model (Semantic-Aware Dual
-Contrastive Learning, ECAI 2023): drop images, read their tags, move the threshold, look at each tag's attention map.
-The app and the `sadcl_hf` package beside it were written by sadcl-hf's `scripts/push_to_hub.py --space`.
-"""
-
-
-def space_requirements() -> list[str]:
-    """The Space's requirements.txt lines: sadcl-hf's own dependencies and those of its `app` extra, as installed."""
-    requirements = []
-    for requirement in importlib.metadata.requires("sadcl-hf") or []:
-        name, _, marker = requirement.partition(";")
-        extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker)
-        if extra is None or extra.group(1) == "app":
-            requirements.append(name.strip())
-    return requirements
-
-
-def write_space_folder(
-    directory: str | os.PathLike, model_id: str, examples: Sequence[str | os.PathLike] = ()
-) -> list[str]:
-    """Writes a ready Hugging Face Space (Gradio SDK) serving the web tagger for the Hub model `model_id`.
-
-    The folder holds `app.py` (`build_app(model_id)`), a copy of the `sadcl_hf` package (it is not on PyPI),
-    `requirements.txt` ([`space_requirements`]), `README.md` (the Space's card: SDK, app file, the model id) and the
-    `examples` images under `examples/`. Returns the written paths relative to `directory`.
-    """
-    import gradio
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "app.py").write_text(_SPACE_APP.format(model_id=model_id), encoding="utf-8")
-    (directory / "requirements.txt").write_text("\n".join(space_requirements()) + "\n", encoding="utf-8")
-    readme = _SPACE_README.format(model_id=model_id, gradio_version=gradio.__version__)
-    (directory / "README.md").write_text(readme, encoding="utf-8")
-    shutil.copytree(
-        Path(__file__).resolve().parent, directory / "sadcl_hf",
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True,
-    )  # fmt: skip
-    for path in examples:
-        (directory / "examples").mkdir(exist_ok=True)
-        shutil.copyfile(path, directory / "examples" / Path(path).name)
-    return sorted(path.relative_to(directory).as_posix() for path in directory.rglob("*") if path.is_file())
 
 
 def tagger_load_benchmark(

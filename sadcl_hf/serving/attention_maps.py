@@ -20,8 +20,8 @@ import PIL.ImageFont
 import torch
 import torch.nn.functional as F
 
-from .data.images import load_image
-from .pipeline import check_label_names
+from ..data.images import load_image
+from ..evaluation import check_label_names
 
 __all__ = [
     "class_attention_maps",

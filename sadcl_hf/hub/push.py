@@ -1,6 +1,6 @@
 """Pushing a model folder (and optionally a web-tagger Space) to the Hugging Face Hub: behind `scripts/push_to_hub.py`.
 
-    from sadcl_hf.hub import push_model_folder
+    from sadcl_hf.hub.push import push_model_folder
 
     push_model_folder("runs/demo/model", "user/sadcl-digits", space_id="user/sadcl-tagger")
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 from huggingface_hub import HfApi, ModelCard
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
-from .image_processing import image_processor_for_config
-from .model_card import save_model_card
+from ..image_processing import image_processor_for_config
+from ..model_card import save_model_card
 
 __all__ = ["card_for_repository", "push_model_folder", "stage_model_folder"]
 
@@ -75,7 +75,7 @@ def push_model_folder(
 ) -> dict[str, tuple[str, list[str], str]]:
     """Stages `model_dir` ([`stage_model_folder`]) and uploads it to `repo_id` in one commit (on branch `revision`
     when given); with `space_id`, also a Gradio Space serving the web tagger for it
-    (`sadcl_hf.app.write_space_folder`; needs the `[app]` extra).
+    (`sadcl_hf.hub.space.write_space_folder`; needs the `[app]` extra).
 
     Returns `{"model": (repo id, file names, commit url)}`, plus `"space"` the same way when a Space was pushed.
     """
@@ -94,7 +94,8 @@ def push_model_folder(
     pushed = {"model": (repo_id, files, commit.commit_url)}
     if space_id is None:
         return pushed
-    from .app import default_examples, write_space_folder
+    from ..data.digits_mosaic import default_examples
+    from .space import write_space_folder
 
     label_names = AutoConfig.from_pretrained(model_dir).label_names
     with tempfile.TemporaryDirectory() as staging:

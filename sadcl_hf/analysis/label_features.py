@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .image_processing import evaluation_dataloader
-from .pipeline import check_label_names
+from ..image_processing import evaluation_dataloader
+from ..evaluation import check_label_names
 
 __all__ = [
     "FeatureAnalysis",

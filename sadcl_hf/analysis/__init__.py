@@ -1,0 +1,1 @@
+"""Analysis: threshold calibration and label-feature analysis."""

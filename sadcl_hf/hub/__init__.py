@@ -1,0 +1,1 @@
+"""Hub: staging and pushing model folders and Spaces, official-checkpoint conversion."""

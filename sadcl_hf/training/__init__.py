@@ -1,0 +1,1 @@
+"""Training: the Trainer, its arguments and callbacks, prototypes, the two-stage recipe."""
