@@ -59,7 +59,7 @@ def test_one_unreadable_image_in_the_middle_does_not_stop_training(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     # 4 steps x 8 > 24 images: the file comes twice, is warned about once
     assert result.stderr.count(f"Skipping unreadable image {bad}") == 1
-    assert f"Skipped 1 unreadable training image(s), listed in {tmp_path / 'run' / 'unreadable_images.txt'}" in (
+    assert f"Skipped 1 unreadable image(s), listed in {tmp_path / 'run' / 'unreadable_images.txt'}" in (
         result.stderr
     )
     assert read_unreadable_list(tmp_path / "run" / "unreadable_images.txt") == [str(bad)]

@@ -53,10 +53,14 @@ class MultiLabelCollator:
     [`ImageLoadError`]. Above 0, the collator skips them: a warning names each file once (`unreadable_list`, when
     given, records them for every dataloader worker and process), and the example is replaced by another readable
     example of the batch (freshly transformed, so with another augmentation), so batches keep their size
-    (`gather_contrastive_features` needs equal batches on every process). A single unreadable file never stops
-    training; from a second one on, [`TooManyUnreadableImagesError`] stops it once more than
-    `max_unreadable_fraction` of the examples this collator has seen were unreadable. The failure only reaches the
-    collator when the images are decoded here: `dataset.cast_column("image", datasets.Image(decode=False))` (as
+    (`gather_contrastive_features` needs equal batches on every process); with `drop_unreadable=True` (evaluation,
+    prototypes) the example and its label row leave the batch instead, so metrics are computed over the readable
+    images only. A single unreadable file never stops a run; from a second one on, [`TooManyUnreadableImagesError`]
+    stops it once more than `max_unreadable_fraction` of the images seen were unreadable. With `unreadable_list`
+    that fraction is the run's: the files listed there since this collator (or its copy in a dataloader worker)
+    started, plus those it met itself, over its own count of images seen times the copies reading the same data
+    (dataloader workers times `WORLD_SIZE` processes, which are given equal shares of batches). The failure only
+    reaches the collator when the images are decoded here: `dataset.cast_column("image", datasets.Image(decode=False))` (as
     `run_training` does).
 
     Args:
@@ -74,6 +78,9 @@ class MultiLabelCollator:
         draft_size: upright `(width, height)` the transform resizes to; JPEGs are then decoded at the smallest DCT
             scale not below twice it ([`load_image`], [`processor_draft_size`]); for evaluation: training keeps
             `None`, the full decode, for its random crops.
+        drop_unreadable: remove unreadable examples from their batch (evaluation: a duplicate would bias the
+            metrics) instead of replacing them; a batch of only unreadable images is then empty (`[0, 3, H, W]`,
+            `H, W` from `draft_size`).
     """
 
     def __init__(
@@ -85,6 +92,7 @@ class MultiLabelCollator:
         max_unreadable_fraction: float = 0.0,
         unreadable_list: Optional[Union[str, os.PathLike]] = None,
         draft_size: Optional[tuple[int, int]] = None,
+        drop_unreadable: bool = False,
     ) -> None:
         if not isinstance(num_labels, numbers.Integral) or num_labels < 1:
             raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}.")
@@ -101,9 +109,11 @@ class MultiLabelCollator:
         self.max_unreadable_fraction = float(max_unreadable_fraction)
         self.unreadable_list = os.fspath(unreadable_list) if unreadable_list is not None else None
         self.draft_size = draft_size
+        self.drop_unreadable = bool(drop_unreadable)
         self.num_seen = 0
         self.num_unreadable = 0
         self.unreadable_files: set[str] = set()
+        self._listed_before: Optional[set[str]] = None  # the list's files when this copy started (another role's)
         self._reserve: Optional[tuple[Any, torch.Tensor]] = None  # a readable (image, target) of an earlier batch
 
     def __repr__(self) -> str:
@@ -146,6 +156,15 @@ class MultiLabelCollator:
             )
         return pixels.to(torch.float32)
 
+    def run_counts(self) -> tuple[int, int]:
+        """(unreadable, seen) images of the run (see the class docstring); this collator's own without a list."""
+        if self.unreadable_list is None:
+            return self.num_unreadable, self.num_seen
+        listed = set(read_unreadable_list(self.unreadable_list)) - (self._listed_before or set())
+        worker = torch.utils.data.get_worker_info()
+        copies = (worker.num_workers if worker is not None else 1) * int(os.environ.get("WORLD_SIZE", "1"))
+        return len(listed | self.unreadable_files), self.num_seen * copies
+
     def _record_unreadable(self, error: ImageLoadError) -> None:
         """Counts a skipped example, warns once per file, and stops when too many of the seen ones were unreadable."""
         self.num_unreadable += 1
@@ -159,15 +178,19 @@ class MultiLabelCollator:
                         handle.write(error.source + "\n")
             if not already_listed:
                 logger.warning("Skipping unreadable image %s: %s", error.source, error.reason)
-        if len(self.unreadable_files) > 1 and self.num_unreadable > self.max_unreadable_fraction * self.num_seen:
+        num_unreadable, num_seen = self.run_counts()
+        num_files = num_unreadable if self.unreadable_list is not None else len(self.unreadable_files)
+        if num_files > 1 and num_unreadable > self.max_unreadable_fraction * num_seen:
             listed = f"; all are listed in {self.unreadable_list}" if self.unreadable_list is not None else ""
             raise TooManyUnreadableImagesError(
-                f"{self.num_unreadable} of the {self.num_seen} images seen were unreadable, more than "
+                f"{num_unreadable} of the {num_seen} images seen were unreadable, more than "
                 f"max_unreadable_fraction={self.max_unreadable_fraction:g} (latest: {error.source}: {error.reason})"
                 f"{listed}. Fix or remove those files, or raise max_unreadable_fraction."
             )
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if self._listed_before is None and self.unreadable_list is not None:
+            self._listed_before = set(read_unreadable_list(self.unreadable_list))
         images, targets, unreadable_positions = [], [], []
         for position, example in enumerate(examples):
             for column in (self.image_column, self.label_column):
@@ -191,7 +214,15 @@ class MultiLabelCollator:
             images.append(image)
             targets.append(target)
         readable = [(image, target) for image, target in zip(images, targets) if image is not None]
-        if readable:
+        if self.drop_unreadable:
+            if not readable:
+                width, height = self.draft_size if self.draft_size is not None else (0, 0)
+                return {
+                    "pixel_values": torch.zeros(0, 3, height, width),
+                    "labels": torch.zeros(0, self.num_labels),
+                }
+            images, targets = (list(column) for column in zip(*readable))
+        elif readable:
             self._reserve = readable[-1]
         elif self._reserve is not None:
             readable = [self._reserve]
@@ -199,7 +230,7 @@ class MultiLabelCollator:
             raise ImageLoadError(
                 f"<batch of {len(examples)}>", "every image of the batch is unreadable and none was read before"
             )
-        for count, position in enumerate(unreadable_positions):
+        for count, position in enumerate(unreadable_positions if not self.drop_unreadable else []):
             images[position], targets[position] = readable[count % len(readable)]
         pixel_values = [self._pixels(image) for image in images]
         shapes = {tuple(pixels.shape) for pixels in pixel_values}

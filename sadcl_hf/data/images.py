@@ -70,7 +70,13 @@ class ImageLoadError(ValueError):
         reason (`str`): what went wrong and what was expected.
     """
 
-    def __init__(self, source: str, reason: str):
+    def __init__(self, source: str, reason: Optional[str] = None):
+        if reason is None:
+            # torch re-raises a DataLoader worker's error as `type(error)(text)`, the text being "Caught ... Original
+            # Traceback ...": keep the worker's own message (the traceback's last line), so the error stays one line.
+            source, _, reason = source.rstrip().rsplit(f"{type(self).__name__}: Cannot load image ", 1)[-1].partition(
+                ": "
+            )
         self.source = source
         self.reason = reason
         super().__init__(f"Cannot load image {source}: {reason}")

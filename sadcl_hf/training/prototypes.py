@@ -308,6 +308,8 @@ def compute_dataset_prototypes(
     batch_size: int = 32,
     num_workers: int = 0,
     progress_bar: bool = True,
+    max_unreadable_fraction: float = 0.0,
+    unreadable_list: Optional[PathLike] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """[`compute_prototypes`] of a SADCL model over a multi-label dataset (`image` and `labels` columns), its
     images preprocessed by the model's own image processor ([`eval_collator_for_config`]), as in evaluation and
@@ -319,6 +321,8 @@ def compute_dataset_prototypes(
         threshold: probability threshold; default `model.config.prototype_threshold` (0.85, the paper's).
         batch_size / num_workers: the `DataLoader`'s.
         progress_bar: show a tqdm progress bar.
+        max_unreadable_fraction / unreadable_list: above 0, an unreadable image contributes nothing (warned about,
+            listed and counted as in training, [`eval_collator_for_config`]); 0 raises at the first one.
 
     Returns:
         `(prototypes [K, D] float32, counts [K] int64)` as [`compute_prototypes`].
@@ -327,7 +331,14 @@ def compute_dataset_prototypes(
 
     return compute_prototypes(
         model,
-        evaluation_dataloader(model.config, dataset, batch_size, num_workers),
+        evaluation_dataloader(
+            model.config,
+            dataset,
+            batch_size,
+            num_workers,
+            max_unreadable_fraction=max_unreadable_fraction,
+            unreadable_list=unreadable_list,
+        ),
         threshold=model.config.prototype_threshold if threshold is None else threshold,
         fallback=model.prototypes.detach(),
         progress_bar=progress_bar,
