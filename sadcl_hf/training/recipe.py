@@ -27,7 +27,12 @@ from ..data import (
     read_unreadable_list,
 )
 from ..data.streaming import load_streaming_dataset
-from ..image_processing import backbone_normalization, eval_collator_for_config, image_processor_for_config
+from ..image_processing import (
+    backbone_normalization,
+    encoded_images,
+    eval_collator_for_config,
+    image_processor_for_config,
+)
 from ..modeling_sadcl import SADCLForImageClassification
 from .prototypes import compute_dataset_prototypes, load_prototypes, save_prototypes
 from .trainer import SADCLTrainer, SADCLTrainingArguments
@@ -353,13 +358,16 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
     # images decoded by the collator, where an unreadable one can be skipped (decoding in the dataset would raise)
     train_dataset = train_dataset.cast_column("image", datasets.Image(decode=False))
     image_processor = image_processor_for_config(config)
-    eval_collator = eval_collator_for_config(config, image_processor)
+    eval_collator = eval_collator_for_config(
+        config, image_processor, data_args.max_unreadable_fraction, unreadable_list
+    )  # drops an unreadable evaluation image from the metrics
+    eval_dataset = encoded_images(eval_dataset)  # decoded by the collator as in the pipeline (JPEG draft size)
 
     if model_args.stage == "baseline":
         model.prototypes.requires_grad_(False)
         model.projector.requires_grad_(False)
     elif model_args.stage == "sadcl":
-        _initialise_prototypes(model, model_args, train_dataset, training_args, output_dir)
+        _initialise_prototypes(model, model_args, data_args, train_dataset, training_args, output_dir)
     else:
         steps = _total_steps(training_args, train_dataset)
         training_args.online_prototype_steps = training_args.online_prototype_steps or max(
@@ -383,7 +391,7 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
     unreadable = read_unreadable_list(unreadable_list)
     if unreadable:
         train_result.metrics["train_unreadable_images"] = len(unreadable)
-        logger.warning("Skipped %d unreadable training image(s), listed in %s", len(unreadable), unreadable_list)
+        logger.warning("Skipped %d unreadable image(s), listed in %s", len(unreadable), unreadable_list)
     trainer.save_metrics("train", train_result.metrics)
     metrics = _evaluation_of_final_weights(trainer) or trainer.evaluate()
     trainer.save_metrics("eval", metrics)
@@ -409,7 +417,7 @@ def _evaluation_of_final_weights(trainer: SADCLTrainer) -> dict[str, Any]:
     return metrics if "eval_loss" in metrics else {}
 
 
-def _initialise_prototypes(model, model_args, train_dataset, training_args, output_dir: Path) -> None:
+def _initialise_prototypes(model, model_args, data_args, train_dataset, training_args, output_dir: Path) -> None:
     """Stage 2: prototypes from a file, or from the stage-1 model (mean confident positive label feature)."""
     if model_args.prototypes is not None:
         prototypes = load_prototypes(model_args.prototypes, model.config.num_labels, model.config.hidden_dim)
@@ -419,6 +427,8 @@ def _initialise_prototypes(model, model_args, train_dataset, training_args, outp
             train_dataset,
             batch_size=training_args.per_device_eval_batch_size,
             num_workers=training_args.dataloader_num_workers,
+            max_unreadable_fraction=data_args.max_unreadable_fraction,
+            unreadable_list=output_dir / UNREADABLE_IMAGES_FILE,
         )
         if training_args.should_save:
             save_prototypes(prototypes, output_dir / "prototypes.safetensors")
