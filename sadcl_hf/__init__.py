@@ -35,7 +35,7 @@ register_pipeline()  # pipeline("multi-label-image-classification", model=...)
 
 _LAZY = {
     "SADCLTrainer": ".training.trainer",
-    "SADCLTrainingArguments": ".training.trainer",
+    "SADCLTrainingArguments": ".training.arguments",
     "SADCLOnnxModel": ".serving.onnx_runtime",
 }
 

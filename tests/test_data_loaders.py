@@ -26,7 +26,8 @@ from sadcl_hf.data import (
     load_vg500,
     load_voc,
 )
-from sadcl_hf.training.recipe import DataArguments, load_split
+from sadcl_hf.training.arguments import DataArguments
+from sadcl_hf.training.recipe import load_split
 
 
 def write_image(path: Path, color=(10, 200, 30), size=(12, 8)) -> Path:

@@ -150,7 +150,8 @@ def test_model_and_trainer_push_to_hub_publish_the_sadcl_card(tiny_model_dir, tm
         import torch
         from transformers import AutoModelForImageClassification
         from sadcl_hf.model_card import record_training_summary
-        from sadcl_hf.training.trainer import SADCLTrainer, SADCLTrainingArguments
+        from sadcl_hf.training.arguments import SADCLTrainingArguments
+        from sadcl_hf.training.trainer import SADCLTrainer
 
         model = AutoModelForImageClassification.from_pretrained({str(tiny_model_dir)!r})
         model.config.thresholds = [0.25, 0.5, 0.5, 0.5, 0.75]

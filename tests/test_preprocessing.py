@@ -23,7 +23,8 @@ from sadcl_hf.image_processing import (
     processor_draft_size,
 )
 from sadcl_hf.training.prototypes import compute_dataset_prototypes
-from sadcl_hf.training.trainer import SADCLTrainer, SADCLTrainingArguments
+from sadcl_hf.training.arguments import SADCLTrainingArguments
+from sadcl_hf.training.trainer import SADCLTrainer
 
 IMAGE_SIZE = 48  # not the photos' sizes, so every path resizes
 

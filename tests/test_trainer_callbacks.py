@@ -18,7 +18,8 @@ from sadcl_hf.training.callbacks import (
     process_file_name,
     resolve_resume_checkpoint,
 )
-from sadcl_hf.training.trainer import SADCLTrainer, SADCLTrainingArguments
+from sadcl_hf.training.arguments import SADCLTrainingArguments
+from sadcl_hf.training.trainer import SADCLTrainer
 
 from .conftest import make_tiny_model
 

@@ -20,8 +20,9 @@ from transformers import (
 )
 
 from sadcl_hf.model_card import record_training_summary
-from sadcl_hf.training.trainer import SADCLTrainer, SADCLTrainingArguments
-from sadcl_hf.training.recipe import ModelArguments, build_model, parse_arguments, run_training
+from sadcl_hf.training.arguments import ModelArguments, SADCLTrainingArguments
+from sadcl_hf.training.recipe import build_model, parse_arguments, run_training
+from sadcl_hf.training.trainer import SADCLTrainer
 
 from .conftest import make_tiny_model
 

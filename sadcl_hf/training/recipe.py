@@ -1,5 +1,6 @@
-"""The training entry point behind `scripts/train.py`: argument dataclasses, config-file parsing and the paper's
-two-stage recipe (`--stage baseline`, then `--stage sadcl`; or `--stage single`)."""
+"""The training entry point behind `scripts/train.py`: parsing of the arguments (`sadcl_hf.training.arguments`) from
+the command line and config files, and the paper's two-stage recipe (`--stage baseline`, then `--stage sadcl`; or
+`--stage single`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import logging
 import math
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ from transformers import EarlyStoppingCallback, HfArgumentParser, TrainerCallbac
 
 from ..configuration_sadcl import SADCL_PRESETS, SADCLConfig
 from ..data import (
-    DEFAULT_CROP_SCALES,
     MultiLabelCollator,
     build_train_transform,
     dataset_info,
@@ -34,13 +34,11 @@ from ..image_processing import (
     image_processor_for_config,
 )
 from ..modeling_sadcl import SADCLForImageClassification
+from .arguments import DataArguments, ModelArguments, SADCLTrainingArguments
 from .prototypes import compute_dataset_prototypes, load_prototypes, save_prototypes
-from .trainer import SADCLTrainer, SADCLTrainingArguments
+from .trainer import SADCLTrainer
 
 __all__ = [
-    "DataArguments",
-    "ModelArguments",
-    "STAGES",
     "build_argument_parser",
     "build_model",
     "default_splits",
@@ -55,112 +53,7 @@ logger = logging.getLogger(__name__)
 log_history_logger = logging.getLogger(f"{__name__}.log_history")
 log_history_logger.propagate = False
 
-STAGES = ("baseline", "sadcl", "single")
 UNREADABLE_IMAGES_FILE = "unreadable_images.txt"
-
-
-def _json_mapping(value: dict | str | None, name: str) -> dict | None:
-    """A mapping given as a dict (from --config) or a JSON object string (from the command line)."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{name}: expected a JSON object, got {value!r} ({error})") from None
-    if value is not None and not isinstance(value, dict):
-        raise ValueError(f"{name}: expected a JSON object (mapping), got {value!r}")
-    return value
-
-
-@dataclass
-class ModelArguments:
-    _argument_group_name = "SADCL model"
-
-    stage: str = field(
-        default="single",
-        metadata={
-            "choices": STAGES,
-            "help": "'baseline': SARL + ASL (stage 1); 'sadcl': full objective from a stage-1 model and its prototypes "
-            "(stage 2); 'single': full objective from scratch with online prototypes."
-        },
-    )
-    preset: str = field(
-        default="paper-r101-448",
-        metadata={
-            "choices": list(SADCL_PRESETS),
-            "help": "SADCLConfig preset for a new model ('tiny': resnet10t at 64 px, fast on a CPU).",
-        },
-    )
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Start from this sadcl-hf model folder or Hub id (stage 2: the stage-1 model)."}
-    )
-    backbone: str | None = field(default=None, metadata={"help": "Any timm model name (overrides the preset)."})
-    use_pretrained_backbone: bool | None = field(
-        default=None,
-        metadata={"help": "Download the backbone's ImageNet weights from the Hub (default: the preset's)."},
-    )
-    image_size: int | None = field(default=None, metadata={"help": "Training and evaluation resolution."})
-    sscl_mode: str | None = field(default=None, metadata={"help": "'reference' (paper) or 'corrected'."})
-    config_overrides: dict | str | None = field(
-        default=None, metadata={"help": "Other SADCLConfig fields: a JSON object (or a mapping in --config)."}
-    )
-    prototypes: str | None = field(
-        default=None, metadata={"help": "Stage 'sadcl': prototypes file (.npy/.safetensors) instead of computing them."}
-    )
-    online_prototype_fraction: float = field(
-        default=0.1, metadata={"help": "Stage 'single': fraction of the steps with online prototypes."}
-    )
-    channels_last: bool = field(
-        default=False,
-        metadata={"help": "Backbone convolutions in channels-last memory format (faster on GPUs, with bf16/fp16)."},
-    )
-
-    def __post_init__(self):
-        if self.stage not in STAGES:
-            raise ValueError(f"--stage must be one of {STAGES}, got {self.stage!r}")
-        self.config_overrides = _json_mapping(self.config_overrides, "--config_overrides")
-
-
-@dataclass
-class DataArguments:
-    _argument_group_name = "data"
-
-    dataset: str = field(default="digits-mosaic", metadata={"help": "Dataset name (sadcl_hf.data.DATASET_NAMES)."})
-    dataset_root: str | None = field(default=None, metadata={"help": "The dataset's folder as distributed."})
-    train_split: str | None = field(default=None, metadata={"help": "Training split (default: the benchmark's)."})
-    eval_split: str | None = field(default=None, metadata={"help": "Evaluation split (default: the benchmark's)."})
-    dataset_options: dict | str | None = field(
-        default=None, metadata={"help": "Extra loader options: a JSON object (or a mapping in --config)."}
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
-    resize_margin: int = field(default=64, metadata={"help": "Training resize is image_size + margin before cropping."})
-    crop_scales: list[float] = field(
-        default_factory=lambda: list(DEFAULT_CROP_SCALES),
-        metadata={"help": "Multi-scale crop scales (the paper's 1.0 0.875 0.75 0.66 0.5); 1.0 alone disables it."},
-    )
-    max_unreadable_fraction: float = field(
-        default=0.01,
-        metadata={
-            "help": "Unreadable training images (corrupt, truncated, not an image) are skipped with a warning naming "
-            "each file once, listed in OUTPUT_DIR/unreadable_images.txt and counted in the final metrics "
-            "(train_unreadable_images); one never stops training, but more than this fraction of the images seen "
-            "stops it with an error. 0: stop at the first one."
-        },
-    )
-    hflip: bool = field(default=True, metadata={"help": "Random horizontal flips."})
-    randaugment: bool = field(default=False, metadata={"help": "RandAugment in training."})
-    cutout: bool = field(default=False, metadata={"help": "Cutout (random erasing) in training."})
-    streaming: bool = field(
-        default=False,
-        metadata={
-            "help": "Stream the splits (datasets IterableDataset, shard by shard) from --dataset_root: a folder of "
-            "parquet or WebDataset shards (<root>/<split>/*.parquet or *.tar) or a Hub dataset id; needs "
-            "--max_steps. Each process reads its own shards."
-        },
-    )
-
-    def __post_init__(self):
-        self.dataset_options = _json_mapping(self.dataset_options, "--dataset_options")
 
 
 def build_argument_parser() -> HfArgumentParser:

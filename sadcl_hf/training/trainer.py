@@ -8,13 +8,12 @@ import contextlib
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
 
 import datasets
 import torch
 from datasets.distributed import split_dataset_by_node
 from timm.utils.model_ema import ModelEmaV3
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .callbacks import (
@@ -30,70 +29,9 @@ from .callbacks import (
 from ..evaluation import compute_metrics as multilabel_compute_metrics
 from ..model_card import record_training_summary, save_model_card
 
-__all__ = ["SADCLTrainer", "SADCLTrainingArguments"]
+__all__ = ["SADCLTrainer"]
 
 logger = logging.getLogger(__name__)
-
-@dataclass
-class SADCLTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with the paper's defaults (AdamW, lr 5e-5, weight decay 5e-3, one-cycle) and SADCL options.
-
-    The memory bank is per process (as in the paper), so buffers are not broadcast between DDP ranks.
-    """
-
-    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate (paper: 5e-5 at batch 64)."})
-    weight_decay: float = field(default=5e-3, metadata={"help": "AdamW weight decay (paper: 5e-3 on COCO)."})
-    lr_schedule: str = field(
-        default="one_cycle",
-        metadata={"help": "'one_cycle' (torch OneCycleLR, the paper's) or 'trainer' (use --lr_scheduler_type)."},
-    )
-    one_cycle_pct_start: float = field(default=0.2, metadata={"help": "Warm-up fraction of the one-cycle schedule."})
-    backbone_learning_rate: float | None = field(
-        default=None, metadata={"help": "Peak learning rate of the backbone (default: --learning_rate)."}
-    )
-    use_ema: bool = field(default=True, metadata={"help": "Keep an EMA of the weights; evaluate and export it."})
-    ema_decay: float = field(default=0.9998, metadata={"help": "EMA decay (paper: 0.9998)."})
-    ema_warmup: bool = field(
-        default=False, metadata={"help": "Ramp the EMA decay up from 0 (timm ModelEmaV3 warm-up); for short runs."}
-    )
-    online_prototype_steps: int = field(
-        default=0,
-        metadata={
-            "help": "Stage 'single': for this many first steps the prototypes are the running means of confident "
-            "positive label features (no stage-1 model needed); 0 disables."
-        },
-    )
-    early_stopping_patience: int | None = field(
-        default=None,
-        metadata={
-            "help": "Stop after this many evaluations without improvement of --metric_for_best_model "
-            "(e.g. eval_ema_map); needs --load_best_model_at_end."
-        },
-    )
-    remove_unused_columns: bool = field(default=False, metadata={"help": "The collator needs the image column."})
-    ddp_broadcast_buffers: bool | None = field(default=False, metadata={"help": "Memory banks stay per process."})
-    ddp_find_unused_parameters: bool | None = field(
-        default=False, metadata={"help": "Every trainable parameter takes part in the objective."}
-    )
-    label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Label keys."})
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={
-            "help": "Delete the checkpoints a previous run left in --output_dir and start afresh (without it, a new "
-            "run refuses an --output_dir holding checkpoints unless it resumes)."
-        },
-    )
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.dataloader_pin_memory and not torch.accelerator.is_available():
-            self.dataloader_pin_memory = False  # nothing to pin for; torch would warn about it for every DataLoader
-        if self.lr_schedule not in ("one_cycle", "trainer"):
-            raise ValueError(f"lr_schedule must be 'one_cycle' or 'trainer', got {self.lr_schedule!r}")
-        if self.early_stopping_patience is not None and not (
-            self.load_best_model_at_end and self.metric_for_best_model
-        ):
-            raise ValueError("early_stopping_patience needs load_best_model_at_end and metric_for_best_model")
 
 
 class _EpochDataLoader(torch.utils.data.DataLoader):
