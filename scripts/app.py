@@ -18,10 +18,10 @@ import tempfile
 from pathlib import Path
 
 from sadcl_hf.serving.web import (
-    DEFAULT_DELETE_CACHE, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_FILE_SIZE, Tagger, build_app, default_examples,
+    DEFAULT_DELETE_CACHE, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_FILE_SIZE, WebTagger, build_app, default_examples,
 )  # fmt: skip
 from sadcl_hf.cli import run_script
-from sadcl_hf.serving.onnx_runtime import ONNX_BACKENDS
+from sadcl_hf.serving.backends import BACKENDS
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
         help="without --examples: this many digits-mosaic test images, for a model whose labels are the digits",
     )
     parser.add_argument(
-        "--backend", choices=["pytorch", *ONNX_BACKENDS], default="pytorch",
+        "--backend", choices=list(BACKENDS), default="pytorch",
         help="pytorch, or ONNX Runtime on the model folder's onnx/ graphs (scripts/export_onnx.py; no attention maps)",
     )  # fmt: skip
     parser.add_argument(
@@ -61,7 +61,7 @@ def main() -> None:
         parser.error(f"--max-file-size must be a size such as 500kb or 20mb, got {args.max_file_size!r}")
 
     try:
-        tagger = Tagger(args.model, backend=args.backend)
+        tagger = WebTagger(args.model, backend=args.backend)
     except (OSError, ValueError) as error:
         parser.error(f"--model {args.model}: {error}")
     examples = args.examples or default_examples(

@@ -728,12 +728,12 @@ def tagger_load(
     load average before it."""
     import socket
 
-    from sadcl_hf.serving.web import Tagger, build_app, tagger_load_benchmark
+    from sadcl_hf.serving.web import WebTagger, build_app, tagger_load_benchmark
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app = build_app(Tagger(model, backend=backend)).queue()
+    app = build_app(WebTagger(model, backend=backend)).queue()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         runs: Dict[str, List[Dict[str, object]]] = {str(count): [] for count in clients}
@@ -760,7 +760,8 @@ def run_tagging(args: argparse.Namespace) -> Dict[str, object]:
     1 and 16 concurrent clients. Each figure is the best of `--repeats` runs, with the load average before each."""
     import platform
 
-    from sadcl_hf.serving.batch import PredictionWriter, TaggingInputs, expand_inputs, load_tagger, predict_images
+    from sadcl_hf.serving.batch import PredictionWriter, TaggingInputs, expand_inputs, predict_images
+    from sadcl_hf.serving.pipeline import load_pipeline
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -805,8 +806,8 @@ def run_tagging(args: argparse.Namespace) -> Dict[str, object]:
 
         return measure
 
-    taggers = {backend: load_tagger(model_folder, "cpu", backend=backend) for backend in args.backends}
-    taggers.setdefault("pytorch", load_tagger(model_folder, "cpu"))
+    taggers = {backend: load_pipeline(model_folder, "cpu", backend=backend) for backend in args.backends}
+    taggers.setdefault("pytorch", load_pipeline(model_folder, "cpu"))
     dataset = TaggingInputs(paths, taggers["pytorch"].image_processor)
     items = [dataset[index] for index in range(len(dataset))]
     batches = [

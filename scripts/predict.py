@@ -41,8 +41,9 @@ from tqdm.auto import tqdm
 
 from sadcl_hf import load_thresholds
 from sadcl_hf.cli import run_script
-from sadcl_hf.serving.batch import PredictionWriter, expand_inputs, load_tagger, predict_images, write_caption
-from sadcl_hf.serving.onnx_runtime import ONNX_BACKENDS
+from sadcl_hf.serving.backends import BACKENDS
+from sadcl_hf.serving.batch import PredictionWriter, expand_inputs, predict_images, write_caption
+from sadcl_hf.serving.pipeline import load_pipeline
 from sadcl_hf.serving.pipeline import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT
 
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention-top-k", type=int, default=4, help="labels shown per attention-map figure")
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     parser.add_argument(
-        "--backend", choices=("pytorch", *ONNX_BACKENDS), default="pytorch",
+        "--backend", choices=list(BACKENDS), default="pytorch",
         help="pytorch, or ONNX Runtime on the CPU with the model's onnx/model.onnx (onnx-int8: model_quantized.onnx)",
     )  # fmt: skip
     parser.add_argument(
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         parser.error(f"no image files found in {args.inputs}")
     try:
-        tagger = load_tagger(args.model, device, args.revision, args.backend)
+        tagger = load_pipeline(args.model, device, args.revision, args.backend)
     except (OSError, ValueError) as error:
         print(f"error: cannot load the model {args.model}: {error}", file=sys.stderr)
         return 2

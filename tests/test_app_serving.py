@@ -15,9 +15,9 @@ import torch
 from gradio_client import Client, handle_file
 
 from sadcl_hf import SADCLConfig, SADCLForImageClassification
-from sadcl_hf.serving.web import DEFAULT_DELETE_CACHE, Tagger, build_app, tagger_load_benchmark
+from sadcl_hf.serving.web import DEFAULT_DELETE_CACHE, WebTagger, build_app, tagger_load_benchmark
 from sadcl_hf.image_processing import image_processor_for_config
-from sadcl_hf.serving.batch import load_tagger
+from sadcl_hf.serving.pipeline import load_pipeline
 
 LABELS = ["cat", "dog", "tree", "car", "boat", "bird"]
 NUM_REQUESTS = 6
@@ -54,7 +54,7 @@ def _launch(app, **launch_options) -> str:
 
 @pytest.fixture(scope="module")
 def tagger(model_and_images):
-    return Tagger(model_and_images[0])
+    return WebTagger(model_and_images[0])
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def server(model_and_images, tagger):
 def test_concurrent_requests_are_batched_and_tag_as_sequential_ones(model_and_images, server):
     model_dir, paths = model_and_images
     _, url, batch_sizes = server
-    pipeline = load_tagger(str(model_dir))
+    pipeline = load_pipeline(str(model_dir))
     # Threshold 0: every label with its score, so each image's scores are compared, not only its tag set.
     sequential = [pipeline(str(path), threshold=0.0) for path in paths]
     scores = np.array([[tag["score"] for tag in sorted(tags, key=lambda tag: tag["label"])] for tags in sequential])

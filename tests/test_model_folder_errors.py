@@ -6,7 +6,7 @@ import shutil
 import PIL.Image
 import pytest
 
-from sadcl_hf.serving.batch import load_tagger
+from sadcl_hf.serving.pipeline import load_pipeline
 
 from .conftest import run_script
 
@@ -20,7 +20,7 @@ def test_garbled_preprocessor_config_is_reported_as_invalid_json(model_copy, tmp
     processor_file = model_copy / "preprocessor_config.json"
     processor_file.write_text('{"do_resize": tru')
     with pytest.raises(OSError, match=rf"{processor_file}' is not a valid JSON file"):
-        load_tagger(str(model_copy))
+        load_pipeline(str(model_copy))
     assert "has no image processor" not in capsys.readouterr().err  # before: this warning, and the config's defaults
 
     image = tmp_path / "photo.png"
@@ -34,6 +34,6 @@ def test_garbled_preprocessor_config_is_reported_as_invalid_json(model_copy, tmp
 
 def test_missing_preprocessor_config_falls_back_with_a_warning(model_copy, capsys):
     (model_copy / "preprocessor_config.json").unlink()
-    tagger = load_tagger(str(model_copy))
+    tagger = load_pipeline(str(model_copy))
     assert "has no image processor; using the config's preprocessing" in capsys.readouterr().err
     assert tagger.image_processor.size["height"] == tagger.model.config.image_size

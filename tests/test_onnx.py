@@ -16,7 +16,9 @@ from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
 
 from sadcl_hf.serving.onnx_export import ONNX_FILE_NAME, count_quantized_convolutions, export_onnx, onnx_session, verify_onnx
+from sadcl_hf.serving.backends import BACKENDS, ONNX_BACKENDS
 from sadcl_hf.serving.onnx_runtime import SADCLOnnxModel
+from sadcl_hf.serving.pipeline import load_pipeline
 from sadcl_hf.data import load_multilabel_dataset
 
 from .conftest import make_tiny_model, run_script
@@ -105,6 +107,26 @@ def test_onnx_backend_pipeline_gives_the_pytorch_tags_and_scores(exported_model_
             )
         tags = [[item["label"] for item in row] for row in tagger(images, threshold=threshold)]
         assert tags == [[item["label"] for item in row] for row in eager(images, threshold=threshold)]
+
+
+def test_onnx_backends_load_without_the_pytorch_weights(exported_model_dir, tmp_path):
+    """The backend table loads an ONNX backend's graph only: a folder without model.safetensors still tags, through
+    `pipeline(..., backend="onnx")` and `load_pipeline`, with the scores of the full folder."""
+    folder = tmp_path / "model"
+    shutil.copytree(exported_model_dir, folder)
+    (folder / "model.safetensors").unlink()
+    images = _images(3)
+    expected = pipeline("multi-label-image-classification", model=str(exported_model_dir), backend="onnx")
+    expected_scores = [[item["score"] for item in row] for row in expected(images, threshold=0.0)]
+    for tagger in (
+        pipeline("multi-label-image-classification", model=str(folder), backend="onnx"),
+        load_pipeline(str(folder), backend="onnx"),
+    ):
+        assert isinstance(tagger.model, SADCLOnnxModel)
+        assert [[item["score"] for item in row] for row in tagger(images, threshold=0.0)] == expected_scores
+    with pytest.raises(OSError, match="model.safetensors|pytorch_model.bin"):
+        pipeline("multi-label-image-classification", model=str(folder))  # the PyTorch backend needs them
+    assert list(BACKENDS) == ["pytorch", *ONNX_BACKENDS] == ["pytorch", "onnx", "onnx-int8"]
 
 
 def test_onnx_backend_errors_name_the_missing_file(tiny_model_dir):

@@ -1,8 +1,9 @@
 """Tagging many images: [`predict_images`] (behind `scripts/predict.py`) and the files it reads and writes.
 
-    from sadcl_hf.serving.batch import load_tagger, predict_images
+    from sadcl_hf.serving.batch import predict_images
+    from sadcl_hf.serving.pipeline import load_pipeline
 
-    tagger = load_tagger("runs/demo/model")
+    tagger = load_pipeline("runs/demo/model")
     for record in predict_images(tagger, ["photo.jpg", "photos/"], attention_maps_dir="maps"):
         print(record)  # {"image": ..., "labels": [...], "scores": {label: score}, "attention_map": ...}
 """
@@ -12,22 +13,18 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import torch
-from transformers import AutoImageProcessor, AutoModelForImageClassification
-from transformers.utils import IMAGE_PROCESSOR_NAME, cached_file
 
 from .attention_maps import logits_and_attention_maps, save_attention_grid
 from ..data import ImageProcessorTransform
 from ..data.images import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT, ImageLoadError, processor_draft_size
 from ..evaluation import sigmoid
-from ..image_processing import image_processor_for_config
-from .onnx_runtime import ONNX_BACKENDS, SADCLOnnxModel
+from .onnx_runtime import SADCLOnnxModel
 from .pipeline import MultiLabelImageClassificationPipeline, load_pipeline_image
 
 __all__ = [
@@ -35,7 +32,6 @@ __all__ = [
     "PredictionWriter",
     "TaggingInputs",
     "expand_inputs",
-    "load_tagger",
     "predict_images",
     "write_caption",
 ]
@@ -56,29 +52,6 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
             if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not hidden:
                 expanded.append(str(path))
     return expanded
-
-
-def load_tagger(
-    model_name: str, device: str | None = None, revision: str | None = None, backend: str = "pytorch"
-) -> MultiLabelImageClassificationPipeline:
-    """The multi-label pipeline of a model folder or Hub id, with PyTorch or ONNX Runtime (`"onnx"`,
-    `"onnx-int8"`: the folder's exported graphs, on the CPU). A folder without an image processor gets the
-    config's preprocessing, with a warning; an unreadable one (not valid JSON) is an error naming the file."""
-    if backend == "pytorch":
-        model = AutoModelForImageClassification.from_pretrained(model_name, revision=revision)
-    elif backend in ONNX_BACKENDS:
-        model = SADCLOnnxModel.from_pretrained(model_name, file_name=ONNX_BACKENDS[backend], revision=revision)
-    else:
-        raise ValueError(f"backend must be 'pytorch' or one of {sorted(ONNX_BACKENDS)}, got {backend!r}")
-    processor_file = cached_file(
-        model_name, IMAGE_PROCESSOR_NAME, revision=revision, _raise_exceptions_for_missing_entries=False
-    )
-    if processor_file is None:
-        print(f"warning: {model_name} has no image processor; using the config's preprocessing", file=sys.stderr)
-        image_processor = image_processor_for_config(model.config)
-    else:  # a file that is there but unreadable raises transformers' error naming it
-        image_processor = AutoImageProcessor.from_pretrained(model_name, revision=revision)
-    return MultiLabelImageClassificationPipeline(model=model, image_processor=image_processor, device=device)
 
 
 class TaggingInputs(torch.utils.data.Dataset):

@@ -26,10 +26,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from .onnx_export import ONNX_FILE_NAME, ONNX_INT8_FILE_NAME, onnx_session
 
-__all__ = ["ONNX_BACKENDS", "SADCLOnnxModel"]
-
-# Pipeline `backend=` values and the file each one serves.
-ONNX_BACKENDS = {"onnx": ONNX_FILE_NAME, "onnx-int8": ONNX_INT8_FILE_NAME}
+__all__ = ["SADCLOnnxModel"]
 
 
 class SADCLOnnxModel:

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from transformers import AutoModelForImageClassification
+from transformers import AutoImageProcessor
 from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.utils import IMAGE_PROCESSOR_NAME, cached_file
 
 from ..data.images import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT
 from ..data.pipeline_image_classification import SADCLImageClassificationPipeline, load_pipeline_image
@@ -40,12 +42,15 @@ from ..evaluation import (
     resolve_thresholds,
     sigmoid,
 )
+from ..image_processing import image_processor_for_config
 
 __all__ = [
     "DEFAULT_MAX_URL_BYTES",
     "DEFAULT_URL_TIMEOUT",
     "MULTI_LABEL_TASK",
+    "DeferredModel",
     "MultiLabelImageClassificationPipeline",
+    "load_pipeline",
     "load_pipeline_image",
     "register_pipeline",
 ]
@@ -70,25 +75,27 @@ class MultiLabelImageClassificationPipeline(SADCLImageClassificationPipeline):
 
     Constructor argument:
         backend (`str`, *optional*): `"pytorch"` (default); `"onnx"` or `"onnx-int8"` serve the model folder's
-            `onnx/model.onnx` or `onnx/model_quantized.onnx` with ONNX Runtime instead (see
-            [`sadcl_hf.serving.onnx_runtime.SADCLOnnxModel`]; `scripts/export_onnx.py` writes them).
+            exported graphs with ONNX Runtime instead, without loading the PyTorch weights (the table:
+            [`sadcl_hf.serving.backends.BACKENDS`]; `scripts/export_onnx.py` writes the graphs).
     """
 
     def __init__(self, *args, backend: str = "pytorch", **kwargs):
-        if backend != "pytorch":
-            from .onnx_runtime import ONNX_BACKENDS, SADCLOnnxModel
+        from .backends import BACKENDS, load_backend_model
+        from .onnx_runtime import SADCLOnnxModel
 
-            if backend not in ONNX_BACKENDS:
-                raise ValueError(f"backend must be 'pytorch' or one of {sorted(ONNX_BACKENDS)}, got {backend!r}")
-            model = kwargs["model"] if "model" in kwargs else args[0]
-            if not isinstance(model, SADCLOnnxModel):
-                model = SADCLOnnxModel.from_pretrained(model.name_or_path, file_name=ONNX_BACKENDS[backend])
-            if kwargs.get("device") is None:
-                kwargs["device"] = "cpu"  # onnxruntime takes and returns host arrays whatever its provider
-            if "model" in kwargs:
-                kwargs["model"] = model
-            else:
-                args = (model, *args[1:])
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
+        model = kwargs["model"] if "model" in kwargs else args[0]
+        if isinstance(model, DeferredModel):  # `pipeline(task, model="path")`: loaded now, on its backend only
+            model = load_backend_model(model.name_or_path, backend, **model.kwargs)
+        elif backend != "pytorch" and not isinstance(model, SADCLOnnxModel):
+            model = load_backend_model(model.name_or_path, backend)
+        if isinstance(model, SADCLOnnxModel) and kwargs.get("device") is None:
+            kwargs["device"] = "cpu"  # onnxruntime takes and returns host arrays whatever its provider
+        if "model" in kwargs:
+            kwargs["model"] = model
+        else:
+            args = (model, *args[1:])
         super().__init__(*args, **kwargs)
         self.label_names = check_label_names(self.model.config)
 
@@ -141,6 +148,43 @@ class MultiLabelImageClassificationPipeline(SADCLImageClassificationPipeline):
         return [{"label": self.label_names[index], "score": float(scores[index])} for index in ranked]
 
 
+class DeferredModel:
+    """The model `pipeline("multi-label-image-classification", model="path")` hands the pipeline: only its name and
+    loading arguments, so that the pipeline loads it on its `backend=` ([`sadcl_hf.serving.backends.BACKENDS`])
+    and an ONNX backend never loads the PyTorch weights."""
+
+    def __init__(self, name_or_path: str, kwargs: dict[str, Any]):
+        self.name_or_path = name_or_path
+        self.kwargs = {key: value for key, value in kwargs.items() if key not in ("config", "_from_pipeline")}
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> "DeferredModel":
+        return cls(name_or_path, kwargs)
+
+
+def load_pipeline(
+    model_name_or_path: str, device: str | None = None, revision: str | None = None, backend: str = "pytorch"
+) -> MultiLabelImageClassificationPipeline:
+    """The multi-label pipeline of a model folder or Hub id on `backend` (`"pytorch"`; `"onnx"`, `"onnx-int8"`: the
+    folder's exported graphs, on the CPU; see [`sadcl_hf.serving.backends.BACKENDS`]). A folder without an image
+    processor gets the config's preprocessing, with a warning; an unreadable one (not valid JSON) is an error naming
+    the file."""
+    from .backends import load_backend_model
+
+    model = load_backend_model(model_name_or_path, backend, revision)
+    processor_file = cached_file(
+        model_name_or_path, IMAGE_PROCESSOR_NAME, revision=revision, _raise_exceptions_for_missing_entries=False
+    )
+    if processor_file is None:
+        print(
+            f"warning: {model_name_or_path} has no image processor; using the config's preprocessing", file=sys.stderr
+        )
+        image_processor = image_processor_for_config(model.config)
+    else:  # a file that is there but unreadable raises transformers' error naming it
+        image_processor = AutoImageProcessor.from_pretrained(model_name_or_path, revision=revision)
+    return MultiLabelImageClassificationPipeline(model=model, image_processor=image_processor, device=device)
+
+
 def register_pipeline() -> None:
     """Registers the `multi-label-image-classification` task with transformers' `pipeline()`, and makes
     [`SADCLImageClassificationPipeline`] the pipeline class of the stock `image-classification` task, which keeps
@@ -154,6 +198,6 @@ def register_pipeline() -> None:
     PIPELINE_REGISTRY.register_pipeline(
         MULTI_LABEL_TASK,
         pipeline_class=MultiLabelImageClassificationPipeline,
-        pt_model=AutoModelForImageClassification,
+        pt_model=DeferredModel,
         type="image",
     )

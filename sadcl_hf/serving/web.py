@@ -37,7 +37,7 @@ from ..evaluation import resolve_thresholds
 from .pipeline import load_pipeline_image
 
 __all__ = [
-    "DEFAULT_DELETE_CACHE", "DEFAULT_MAX_BATCH_SIZE", "DEFAULT_MAX_FILE_SIZE", "Tagger", "build_app",
+    "DEFAULT_DELETE_CACHE", "DEFAULT_MAX_BATCH_SIZE", "DEFAULT_MAX_FILE_SIZE", "WebTagger", "build_app",
     "default_examples", "digits_mosaic_examples", "space_requirements", "tagger_load_benchmark", "write_space_folder",
 ]  # fmt: skip
 
@@ -59,7 +59,7 @@ _CSS = """
 """
 
 
-class Tagger:
+class WebTagger:
     """A SADCL model behind the multi-label pipeline, as the app uses it.
 
     Args:
@@ -69,10 +69,10 @@ class Tagger:
     """
 
     def __init__(self, model_name_or_path: str | os.PathLike, device: str = "cpu", backend: str = "pytorch"):
-        from .batch import load_tagger
+        from .pipeline import load_pipeline
 
         model_name_or_path = os.fspath(model_name_or_path)
-        self.pipeline = load_tagger(model_name_or_path, device, backend=backend)
+        self.pipeline = load_pipeline(model_name_or_path, device, backend=backend)
         if getattr(self.pipeline.model.config, "model_type", None) != "sadcl":
             raise ValueError(
                 f"{model_name_or_path} holds a {self.pipeline.model.config.model_type!r} model; the tagger needs a "
@@ -120,7 +120,7 @@ class Tagger:
     def attention_overlay(
         self, image: PIL.Image.Image, maps: np.ndarray, logits: Sequence[float], label_index: int
     ) -> PIL.Image.Image:
-        """The image beside its cross-attention map (`maps` [K, h, w], from [`Tagger.forward`]) for class
+        """The image beside its cross-attention map (`maps` [K, h, w], from [`WebTagger.forward`]) for class
         `label_index`, titled with the label and its score."""
         score = 1.0 / (1.0 + np.exp(-float(logits[label_index])))
         title = f"{self.label_names[label_index]} {score:.2f}"
@@ -154,7 +154,7 @@ def _tags_html(names: Sequence[str], tags: Sequence[Sequence[dict[str, Any]]], t
 
 
 def build_app(
-    model: str | os.PathLike | Tagger,
+    model: str | os.PathLike | WebTagger,
     examples: Sequence[str | os.PathLike] = (),
     title: str | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
@@ -163,7 +163,7 @@ def build_app(
     """The tagger page as a `gradio.Blocks` (not launched: call `.queue().launch(max_file_size=...)`).
 
     Args:
-        model: a [`Tagger`] or what it loads (model folder, converted checkpoint, Hub id).
+        model: a [`WebTagger`] or what it loads (model folder, converted checkpoint, Hub id).
         examples: image files offered as one-click example thumbnails (e.g. [`digits_mosaic_examples`]).
         title: page heading (default: the model's name).
         max_batch_size: most concurrent tagging requests batched into one forward.
@@ -176,7 +176,7 @@ def build_app(
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
 
-    tagger = model if isinstance(model, Tagger) else Tagger(model)
+    tagger = model if isinstance(model, WebTagger) else WebTagger(model)
     label_names = tagger.label_names
     no_maps = "" if tagger.has_attention_maps else f"\n\nAttention maps need the PyTorch backend ({tagger.backend})."
 
@@ -211,7 +211,7 @@ def build_app(
         )  # fmt: skip
 
     def tag_images(files_batch: list, calibrated_batch: list, threshold_batch: list):
-        """Batched (Gradio `batch=True`): every readable image of every request in one [`Tagger.forward`]."""
+        """Batched (Gradio `batch=True`): every readable image of every request in one [`WebTagger.forward`]."""
         requests, images = [], []
         for files in files_batch:
             names, paths, problems = [], [], []
