@@ -10,10 +10,21 @@ from typing import Any, NamedTuple
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 
-__all__ = ["COCO_LABELS", "SADCL_PRESETS", "SADCLConfig", "SSCL_MODES"]
-
+__all__ = [
+    "COCO_LABELS",
+    "DIGIT_CLASSES",
+    "NUS_WIDE_CONCEPTS",
+    "SADCL_PRESETS",
+    "SADCLConfig",
+    "SSCL_MODES",
+    "VOC_CLASSES",
+]
 SSCL_MODES = ("reference", "corrected")
 """How SSCL contrasts its positives: as the released code (the paper's numbers) or as the paper's equation."""
+
+# The class names of the benchmarks, in their released order: their one home. They live here, not in `data/`,
+# because this module ships as remote code with every checkpoint and its paper presets name the COCO classes; it may
+# import nothing from `data/` (not shipped), while `data/` imports these lists from here.
 
 # The 80 MS-COCO categories in the benchmark's standard order (ascending category id).
 COCO_LABELS = [
@@ -27,6 +38,26 @@ COCO_LABELS = [
     "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
     "hair drier", "toothbrush",
 ]
+
+# The 20 PASCAL VOC classes in the standard VOC order.
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+# The 81 NUS-WIDE concepts in `Concepts81.txt` order (alphabetical).
+NUS_WIDE_CONCEPTS = (
+    "airport", "animal", "beach", "bear", "birds", "boats", "book", "bridge", "buildings", "cars", "castle", "cat",
+    "cityscape", "clouds", "computer", "coral", "cow", "dancing", "dog", "earthquake", "elk", "fire", "fish", "flags",
+    "flowers", "food", "fox", "frost", "garden", "glacier", "grass", "harbor", "horses", "house", "lake", "leaf",
+    "map", "military", "moon", "mountain", "nighttime", "ocean", "person", "plane", "plants", "police", "protest",
+    "railroad", "rainbow", "reflection", "road", "rocks", "running", "sand", "sign", "sky", "snow", "soccer",
+    "sports", "statue", "street", "sun", "sunset", "surf", "swimmers", "tattoo", "temple", "tiger", "tower", "town",
+    "toy", "train", "tree", "valley", "vehicle", "water", "waterfall", "wedding", "whales", "window", "zebra",
+)  # fmt: skip
+
+# The 10 classes of the digits-mosaic demo dataset (the "tiny" preset's).
+DIGIT_CLASSES = tuple(str(digit) for digit in range(10))
 
 _COCO_ID2LABEL = dict(enumerate(COCO_LABELS))
 
@@ -47,7 +78,7 @@ SADCL_PRESETS: dict[str, dict[str, Any]] = {
         "num_attention_heads": 4,
         "dim_feedforward": 256,
         "projection_dim": 128,
-        "id2label": {i: str(i) for i in range(10)},
+        "id2label": dict(enumerate(DIGIT_CLASSES)),
     },
 }
 
@@ -187,6 +218,8 @@ class SADCLConfig(PreTrainedConfig):
             exceeds it.
         prototype_threshold (`float`): confidence a positive needs to contribute to a class prototype.
         thresholds (`list[float]`, *optional*): per-class decision thresholds (calibrated); `None` means 0.5 everywhere.
+        training_summary (`dict`, *optional*): what the training run recorded for the model card (dataset, splits,
+            stage, hyper-parameters, evaluation metrics); written by `sadcl_hf.model_card.record_training_summary`.
     """
 
     model_type = "sadcl"
@@ -238,12 +271,10 @@ class SADCLConfig(PreTrainedConfig):
     memory_bank_threshold: float = 0.8
     prototype_threshold: float = 0.85
     thresholds: list[float] | None = None
+    training_summary: dict | None = None
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
-        # results of a run live in the model card data (sadcl_hf/model_card.py), which reads this old field of a
-        # saved config.json itself; the config holds the architecture only
-        kwargs.pop("training_summary", None)
         if __name__ == "sadcl_hf.configuration_sadcl":
             # `custom_pipelines` names the checkpoint's image-classification pipeline for remote code; installed,
             # `import sadcl_hf` registers that pipeline itself, and the entry would make `pipeline()` demand
@@ -289,8 +320,14 @@ class SADCLConfig(PreTrainedConfig):
             raise ValueError(f"sscl_mode must be one of {SSCL_MODES}, got {self.sscl_mode!r}")
 
     def _check_label_names(self) -> None:
-        """Raises `ValueError` naming a label name that `id2label` gives to more than one class (the scores dict
-        and `label2id` would collapse them)."""
+        """Raises `ValueError` when `id2label` does not name every class `0 .. num_labels - 1`, or gives one name to
+        more than one class (the scores dict and `label2id` would collapse them)."""
+        missing = [index for index in range(self.num_labels) if index not in self.id2label]
+        if missing:
+            raise ValueError(
+                f"id2label must name every class 0..{self.num_labels - 1}; classes {missing[:10]} have no name "
+                "(fix `id2label` in the model folder's config.json)"
+            )
         indices_by_name: dict[str, list[int]] = {}
         for index, name in sorted(self.id2label.items()):
             indices_by_name.setdefault(name, []).append(index)
@@ -316,5 +353,7 @@ class SADCLConfig(PreTrainedConfig):
 
     @property
     def label_names(self) -> list[str]:
-        """Label names in class-index order."""
-        return [self.id2label[i] for i in range(self.num_labels)]
+        """The label names [K] in class-index order: the one way to read them (`id2label` may hold transformers'
+        placeholders `LABEL_i`, see `sadcl_hf.evaluation.has_placeholder_label_names`)."""
+        self._check_label_names()
+        return [str(self.id2label[index]) for index in range(self.num_labels)]

@@ -52,7 +52,7 @@ __all__ = [
     "MultiLabelMetrics",
     "THRESHOLD_COMPARISON",
     "average_precision",
-    "check_label_names",
+    "check_dataset_labels",
     "compute_metrics",
     "has_placeholder_label_names",
     "load_metric",
@@ -174,29 +174,27 @@ def has_placeholder_label_names(config) -> bool:
     return all(id2label.get(index) == f"LABEL_{index}" for index in range(config.num_labels))
 
 
-def check_label_names(config) -> list[str]:
-    """The label names of `config` in class-index order.
-
-    Raises `ValueError` when `id2label` does not name every class `0 .. num_labels - 1`; warns when the names are
-    transformers' placeholders (`LABEL_0`, `LABEL_1`, ...), i.e. the model folder was saved without label names.
-    """
-    id2label = {int(index): name for index, name in (getattr(config, "id2label", None) or {}).items()}
-    num_labels = config.num_labels
-    missing = [index for index in range(num_labels) if index not in id2label]
-    if missing:
-        raise ValueError(
-            f"config.id2label must name every class 0..{num_labels - 1} of the model; classes {missing[:10]} have no "
-            "name. Fix `id2label` in the model folder's config.json."
+def check_dataset_labels(dataset_names: Sequence[str], config, what: str = "the dataset") -> None:
+    """Raises a one-line `ValueError` naming `what` unless `dataset_names` [K] (e.g. `sadcl_hf.data.
+    dataset_label_names(dataset)`) are the model's label names (`config.label_names`) in the model's class order.
+    Placeholder names (`LABEL_i`, a model saved without names) match no dataset."""
+    model_names = config.label_names
+    model = f"model {config.name_or_path}" if getattr(config, "name_or_path", "") else "model"
+    dataset_names = [str(name) for name in dataset_names]
+    if len(dataset_names) != len(model_names):
+        problem = f"{len(dataset_names)} classes but the {model} has {len(model_names)} labels"
+    elif has_placeholder_label_names(config):
+        problem = (
+            f"the {model} has no label names (id2label holds LABEL_0 ... LABEL_{len(model_names) - 1}); set id2label "
+            "in its config.json to the dataset's classes (converter: --dataset or --id2label)"
         )
-    names = [str(id2label[index]) for index in range(num_labels)]
-    if has_placeholder_label_names(config):
-        warnings.warn(
-            "The model config has no label names (id2label holds the placeholders LABEL_0 ... "
-            f"LABEL_{num_labels - 1}); predictions will carry these placeholders. Set `id2label` in config.json.",
-            UserWarning,
-            stacklevel=2,
-        )
-    return names
+    elif dataset_names != model_names:
+        index = next(i for i, (ours, theirs) in enumerate(zip(dataset_names, model_names)) if ours != theirs)
+        order = "the same classes in another order: " if sorted(dataset_names) == sorted(model_names) else ""
+        problem = f"{order}class {index} is {dataset_names[index]!r} but the {model}'s is {model_names[index]!r}"
+    else:
+        return
+    raise ValueError(f"{what}: its classes do not match the {model}'s labels (config.id2label): {problem}")
 
 
 def resolve_thresholds(threshold: float | Sequence[float] | np.ndarray | None, config) -> np.ndarray:

@@ -15,6 +15,7 @@ from pathlib import Path
 from sadcl_hf import SADCLForImageClassification
 from sadcl_hf.cli import run_script
 from sadcl_hf.data import dataset_label_names
+from sadcl_hf.evaluation import check_dataset_labels
 from sadcl_hf.training.prototypes import compute_dataset_prototypes, save_prototypes
 from sadcl_hf.training.arguments import DataArguments
 from sadcl_hf.training.recipe import default_splits, load_split, read_config_file
@@ -44,8 +45,7 @@ def main() -> None:
     dataset = load_split(data_args, split)
 
     model = SADCLForImageClassification.from_pretrained(args.model)
-    if model.config.label_names != dataset_label_names(dataset):
-        raise SystemExit(f"{args.model}: the model's labels do not match the dataset's ({data_args.dataset}, {split})")
+    check_dataset_labels(dataset_label_names(dataset), model.config, what=f"{data_args.dataset} ({split})")
     prototypes, counts = compute_dataset_prototypes(
         model, dataset, threshold=args.threshold, batch_size=args.batch_size, num_workers=args.num_workers
     )

@@ -23,6 +23,7 @@ from transformers import AutoModelForImageClassification
 
 from sadcl_hf.cli import run_script
 from sadcl_hf.data import dataset_label_names, load_multilabel_dataset
+from sadcl_hf.evaluation import check_dataset_labels
 from sadcl_hf.analysis.label_features import DEFAULT_MAX_FEATURES, analyze_label_features, plot_label_features
 
 
@@ -53,8 +54,7 @@ def main() -> None:
     separation = {}
     for model_name_or_path, name in zip(args.model, names):
         model = AutoModelForImageClassification.from_pretrained(model_name_or_path)
-        if model.config.label_names != dataset_label_names(dataset):
-            parser.error(f"{model_name_or_path}: the model's labels differ from {args.dataset} {args.split}'s")
+        check_dataset_labels(dataset_label_names(dataset), model.config, what=f"{args.dataset} ({args.split})")
         analysis = analyze_label_features(
             model, dataset, max_features=args.max_features, batch_size=args.batch_size, seed=args.seed
         )

@@ -14,9 +14,11 @@ from transformers import AutoConfig, pipeline
 from sadcl_hf import MULTI_LABEL_TASK, calibrate_thresholds, load_thresholds
 from sadcl_hf.analysis.calibration import format_calibration_report, predict_scores
 from sadcl_hf.data.common import multilabel_features
+from sadcl_hf import SADCLConfig
 from sadcl_hf.evaluation import (
     DEFAULT_THRESHOLD,
     MultiLabelMetrics,
+    check_dataset_labels,
     metric_names,
     metric_title,
     multilabel_metrics,
@@ -160,10 +162,59 @@ def test_pipeline_metrics_and_calibration_agree_at_a_score_equal_to_the_threshol
 
 def test_calibration_rejects_data_with_other_classes():
     model = make_tiny_model(seed=4)
-    with pytest.raises(ValueError, match="differ from the model's id2label"):
+    with pytest.raises(ValueError, match="calibration data: .* class 0 is 'a' but the model's is 'class_0'"):
         calibrate_thresholds(model, labelled_dataset(6, names=["a", "b", "c", "d", "e"]))
-    with pytest.raises(ValueError, match="the dataset has 3 classes but the model has 5 labels"):
+    with pytest.raises(ValueError, match="calibration data: .* 3 classes but the model has 5 labels"):
         calibrate_thresholds(model, labelled_dataset(6, names=["a", "b", "c"]))
+
+
+def test_check_dataset_labels_accepts_only_the_models_classes_in_its_order():
+    config = SADCLConfig.from_preset("tiny", id2label=dict(enumerate(LABELS)))
+    check_dataset_labels(LABELS, config)  # matching: no error
+    check_dataset_labels(tuple(LABELS), config)
+    cases = {
+        "wrong count": (LABELS[:3], r"^voc \(val\): its classes do not match the model's labels \(config\.id2label\): "
+                        r"3 classes but the model has 5 labels$"),
+        "wrong order": ([LABELS[1], LABELS[0], *LABELS[2:]],
+                        r"the same classes in another order: class 0 is 'class_1' but the model's is 'class_0'$"),
+        "other names": ([*LABELS[:4], "dog"], r"class 4 is 'dog' but the model's is 'class_4'$"),
+    }
+    for name, (dataset_names, message) in cases.items():
+        with pytest.raises(ValueError, match=message) as error:
+            check_dataset_labels(dataset_names, config, what="voc (val)")
+        assert "\n" not in str(error.value), name
+
+
+def test_check_dataset_labels_rejects_placeholder_names_and_names_the_model(tmp_path):
+    SADCLConfig.from_preset("tiny", num_labels=3).save_pretrained(tmp_path / "placeholder")  # no names
+    config = AutoConfig.from_pretrained(tmp_path / "placeholder")
+    assert config.label_names == ["LABEL_0", "LABEL_1", "LABEL_2"]
+    with pytest.raises(ValueError, match=r"model .*placeholder has no label names \(id2label holds LABEL_0 \.\.\. "
+                                         r"LABEL_2\); set id2label"):
+        check_dataset_labels(["a", "b", "c"], config)
+
+
+def test_every_caller_uses_the_one_dataset_label_check(tmp_path):
+    """Training (a saved model, and the evaluation split), calibration, ONNX evaluation data, compute_prototypes and
+    visualize_features all raise the same error (before: five wordings, some as SystemExit/parser errors)."""
+    from sadcl_hf.training.arguments import ModelArguments
+    from sadcl_hf.training.recipe import build_model
+
+    make_tiny_model().save_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match="training data: its classes do not match the model .*model's labels"):
+        build_model(ModelArguments(stage="sadcl", model_name_or_path=str(tmp_path / "model")), LABELS[::-1])
+    options = {"num_train": 2, "num_validation": 2, "num_test": 2, "cache_dir": str(tmp_path / "cache")}
+    (tmp_path / "data.json").write_text(json.dumps({"dataset": "digits-mosaic", "dataset_options": options}))
+    commands = {
+        "compute_prototypes": ["--config", tmp_path / "data.json", "--output", tmp_path / "prototypes.npy"],
+        "visualize_features": ["--dataset", "digits-mosaic", "--dataset-options", json.dumps(options),
+                               "--output-dir", tmp_path / "figures"],
+    }
+    for script, arguments in commands.items():
+        result = run_script(script, ["--model", tmp_path / "model", "--split", "validation", *arguments])
+        assert result.returncode != 0
+        assert "digits-mosaic (validation): its classes do not match the model" in result.stderr, result.stderr[-2000:]
+        assert "10 classes but the model" in result.stderr and "has 5 labels" in result.stderr
 
 
 def test_calibrate_script_saves_thresholds_into_the_model_folder(tiny_model_dir, tmp_path):

@@ -21,7 +21,7 @@ from sadcl_hf.data import ImageLoadError, load_image
 from sadcl_hf.evaluation import sigmoid
 from sadcl_hf.image_processing import image_processor_for_config
 from sadcl_hf.serving.batch import expand_inputs, predict_images
-from sadcl_hf.evaluation import check_label_names, resolve_thresholds
+from sadcl_hf.evaluation import resolve_thresholds
 
 from .conftest import make_tiny_model, run_script
 
@@ -177,8 +177,8 @@ def test_image_urls_are_downloaded(tagger, tmp_path):
 
 
 def test_label_names_are_checked():
-    with pytest.raises(ValueError, match=r"classes \[1\] have no name"):
-        check_label_names(SimpleNamespace(num_labels=3, id2label={0: "a", 2: "c"}))
+    with pytest.raises(Exception, match=r"classes \[1\] have no name"):
+        SADCLConfig.from_preset("tiny", id2label={0: "a", 2: "c"})
     placeholder = SADCLForImageClassification(
         SADCLConfig.from_preset("tiny", num_labels=3, use_pretrained_backbone=False)
     ).eval()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,13 +21,14 @@ import torch
 
 from ..evaluation import (
     DEFAULT_THRESHOLD,
+    check_dataset_labels,
     metric_names,
     metric_title,
     multilabel_metrics,
     per_class_f1_thresholds,
+    resolve_thresholds,
     sigmoid,
 )
-from ..evaluation import check_label_names, has_placeholder_label_names, resolve_thresholds
 
 __all__ = ["calibrate_thresholds", "format_calibration_report", "load_thresholds", "predict_scores"]
 
@@ -90,32 +90,15 @@ def load_thresholds(
 
 
 def _check_dataset_labels(dataset, config) -> None:
-    """Raises when the dataset's class names (ClassLabel) disagree with the model's; warns for placeholder names."""
+    """Raises when the dataset's class names (ClassLabel) are not the model's; a dataset without names is not
+    checked."""
     from ..data import dataset_label_names
 
     try:
         dataset_names = dataset_label_names(dataset)
     except ValueError:
         return  # no ClassLabel names to compare with
-    if len(dataset_names) != config.num_labels:
-        raise ValueError(
-            f"the dataset has {len(dataset_names)} classes but the model has {config.num_labels} labels"
-        )
-    if has_placeholder_label_names(config):
-        warnings.warn(
-            "The model config has placeholder label names (LABEL_i); assuming it uses the dataset's class order "
-            f"{dataset_names[:5]}...",
-            UserWarning,
-            stacklevel=3,
-        )
-        return
-    model_names = check_label_names(config)
-    if model_names != dataset_names:
-        differing = [(i, m, d) for i, (m, d) in enumerate(zip(model_names, dataset_names)) if m != d]
-        raise ValueError(
-            "the dataset's class names differ from the model's id2label (index, model, dataset): "
-            f"{differing[:5]}; calibrate on data with the model's classes in the model's order"
-        )
+    check_dataset_labels(dataset_names, config, what="the calibration data")
 
 
 @torch.no_grad()
@@ -194,7 +177,7 @@ def calibrate_thresholds(
     before = multilabel_metrics(scores, targets, threshold=thresholds_before)
     after = multilabel_metrics(scores, targets, threshold=thresholds)
     config.thresholds = [float(value) for value in thresholds]
-    names = check_label_names(config)
+    names = config.label_names
     return {
         "num_images": int(scores.shape[0]),
         "thresholds": dict(zip(names, config.thresholds)),

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from ..image_processing import evaluation_dataloader
-from ..evaluation import check_label_names
 
 __all__ = [
     "FeatureAnalysis",
@@ -137,7 +136,7 @@ def collect_label_features(
         projected=torch.cat(projected).numpy(),
         classes=torch.cat(classes).numpy().astype(np.int64),
         prototypes=model.prototypes.detach().float().cpu().numpy(),
-        label_names=check_label_names(model.config),
+        label_names=model.config.label_names,
         num_images=num_images,
     )
 

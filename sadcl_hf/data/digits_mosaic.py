@@ -33,6 +33,7 @@ import numpy as np
 import PIL.Image
 from tqdm.auto import tqdm
 
+from ..configuration_sadcl import DIGIT_CLASSES
 from .common import multilabel_features
 
 
@@ -49,7 +50,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DIGITS_MOSAIC_SPLITS = ("train", "validation", "test")
-DIGIT_CLASSES = tuple(str(digit) for digit in range(10))
 _FORMAT_VERSION = 1
 _DEFAULTS = {
     "num_train": 4000,

@@ -9,13 +9,13 @@ from typing import Any, Callable, Optional, Union
 
 import datasets
 
-from ..configuration_sadcl import COCO_LABELS
+from ..configuration_sadcl import COCO_LABELS, DIGIT_CLASSES, NUS_WIDE_CONCEPTS, VOC_CLASSES
 from .coco import COCO_SPLITS, load_coco
-from .digits_mosaic import DIGIT_CLASSES, DIGITS_MOSAIC_SPLITS, load_digits_mosaic
+from .digits_mosaic import DIGITS_MOSAIC_SPLITS, load_digits_mosaic
 from .folder import load_folder
-from .nuswide import NUS_WIDE_CONCEPTS, NUS_WIDE_SPLITS, load_nuswide
+from .nuswide import NUS_WIDE_SPLITS, load_nuswide
 from .vg500 import VG500_LABEL_FILE, VG500_SPLITS, load_vg500
-from .voc import VOC_CLASSES, VOC_SPLITS, load_voc
+from .voc import VOC_SPLITS, load_voc
 
 
 __all__ = ["DATASETS", "DATASET_NAMES", "DATASET_SPLITS", "DatasetInfo", "dataset_info", "load_multilabel_dataset"]

@@ -10,22 +10,13 @@ from typing import Optional, Sequence, Union
 import datasets
 import numpy as np
 
+from ..configuration_sadcl import NUS_WIDE_CONCEPTS
 from .common import DatasetLayoutError, build_multilabel_dataset, require_file, select_splits
 
 
 __all__ = ["NUS_WIDE_CONCEPTS", "NUS_WIDE_SPLITS", "load_nuswide"]
 
 NUS_WIDE_SPLITS = ("train", "test")
-
-NUS_WIDE_CONCEPTS = (
-    "airport", "animal", "beach", "bear", "birds", "boats", "book", "bridge", "buildings", "cars", "castle", "cat",
-    "cityscape", "clouds", "computer", "coral", "cow", "dancing", "dog", "earthquake", "elk", "fire", "fish", "flags",
-    "flowers", "food", "fox", "frost", "garden", "glacier", "grass", "harbor", "horses", "house", "lake", "leaf",
-    "map", "military", "moon", "mountain", "nighttime", "ocean", "person", "plane", "plants", "police", "protest",
-    "railroad", "rainbow", "reflection", "road", "rocks", "running", "sand", "sign", "sky", "snow", "soccer",
-    "sports", "statue", "street", "sun", "sunset", "surf", "swimmers", "tattoo", "temple", "tiger", "tower", "town",
-    "toy", "train", "tree", "valley", "vehicle", "water", "waterfall", "wedding", "whales", "window", "zebra",
-)  # fmt: skip
 
 _CONCEPT_FILE_LOCATIONS = ("Concepts81.txt", "ConceptsList/Concepts81.txt", "NUS_WID_Tags/Concepts81.txt")
 _CSV_NAMES = ("nus_wid_data.csv", "nus_wide_data.csv")

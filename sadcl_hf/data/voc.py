@@ -8,15 +8,11 @@ from typing import Optional, Union
 
 import datasets
 
+from ..configuration_sadcl import VOC_CLASSES
 from .common import DatasetLayoutError, build_multilabel_dataset, require_dir, require_file, select_splits
 
 
 __all__ = ["VOC_CLASSES", "VOC_DIFFICULT_MODES", "VOC_SPLITS", "load_voc"]
-
-VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
 
 VOC_SPLITS = {2007: ("trainval", "test"), 2012: ("train", "val", "trainval")}
 VOC_DIFFICULT_MODES = ("negative", "positive")

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from ..data.images import load_image
-from ..evaluation import check_label_names
 
 __all__ = [
     "class_attention_maps",
@@ -204,7 +203,7 @@ def save_attention_maps(
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     if names is not None and len(names) != len(images):
         raise ValueError(f"got {len(names)} names for {len(images)} images")
-    label_names = check_label_names(model.config)
+    label_names = model.config.label_names
     top_k = min(top_k, len(label_names))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

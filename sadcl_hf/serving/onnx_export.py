@@ -260,14 +260,11 @@ def evaluation_batches(
     multi-hot targets [N, K]. `dataset`, `root` and `options` go to [`sadcl_hf.data.load_multilabel_dataset`]; the
     split's class names must be the model's."""
     from ..data import dataset_label_names, load_multilabel_dataset
+    from ..evaluation import check_dataset_labels
     from ..image_processing import evaluation_dataloader
 
     data = load_multilabel_dataset(dataset, root=root, split=split, **options)
-    names = dataset_label_names(data)
-    if names != config.label_names:
-        raise ValueError(
-            f"{dataset} ({split}): its classes {names[:5]}... are not the model's {config.label_names[:5]}..."
-        )
+    check_dataset_labels(dataset_label_names(data), config, what=f"{dataset} ({split})")
     if max_samples is not None:
         data = data.select(range(min(max_samples, len(data))))
     batches, targets = [], []

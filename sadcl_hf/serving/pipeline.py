@@ -25,6 +25,7 @@ from __future__ import annotations
 import numbers
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +38,7 @@ from ..data.images import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT
 from ..data.pipeline_image_classification import SADCLImageClassificationPipeline, load_pipeline_image
 from ..evaluation import (
     MULTI_LABEL_TASK,
-    check_label_names,
+    has_placeholder_label_names,
     predict_labels,
     resolve_thresholds,
     sigmoid,
@@ -97,7 +98,15 @@ class MultiLabelImageClassificationPipeline(SADCLImageClassificationPipeline):
         else:
             args = (model, *args[1:])
         super().__init__(*args, **kwargs)
-        self.label_names = check_label_names(self.model.config)
+        self.label_names = self.model.config.label_names
+        if has_placeholder_label_names(self.model.config):
+            warnings.warn(
+                f"The model config has no label names (id2label holds the placeholders LABEL_0 ... "
+                f"LABEL_{len(self.label_names) - 1}); predictions will carry these placeholders. Set `id2label` in "
+                "config.json.",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def check_model_type(self, supported_models):
         from .onnx_runtime import SADCLOnnxModel

@@ -33,6 +33,7 @@ from ..image_processing import (
     eval_collator_for_config,
     image_processor_for_config,
 )
+from ..evaluation import check_dataset_labels
 from ..modeling_sadcl import SADCLForImageClassification
 from .arguments import DataArguments, ModelArguments, SADCLTrainingArguments
 from .prototypes import compute_dataset_prototypes, load_prototypes, save_prototypes
@@ -152,11 +153,7 @@ def build_model(model_args: ModelArguments, names: list[str]) -> SADCLForImageCl
         config = SADCLConfig.from_preset(model_args.preset, id2label=dict(enumerate(names)), **overrides)
         return SADCLForImageClassification(config)
     model = SADCLForImageClassification.from_pretrained(model_args.model_name_or_path)
-    if model.config.label_names != names:
-        raise ValueError(
-            f"{model_args.model_name_or_path}: its labels {model.config.label_names[:5]}... do not match the "
-            f"dataset's {names[:5]}... ({model.config.num_labels} vs {len(names)} classes)"
-        )
+    check_dataset_labels(names, model.config, what="the training data")
     # The checkpoint holds the backbone's weights: whether a new model would fetch pretrained ones does not apply.
     overrides.pop("use_pretrained_backbone", None)
     architecture_fields = {"backbone", "image_size", "hidden_dim", "num_labels"}
@@ -218,14 +215,8 @@ def _run_stage(model_args, data_args, training_args, output_dir: Path) -> dict[s
     if data_args.streaming:
         train_dataset = train_dataset.shuffle(seed=training_args.seed, buffer_size=1000)
     eval_dataset = load_split(data_args, eval_split, data_args.max_eval_samples)
-    names = dataset_label_names(train_dataset)
-    if dataset_label_names(eval_dataset) != names:
-        raise ValueError(
-            f"{data_args.dataset}: the {eval_split!r} split's classes differ from the {train_split!r} split's "
-            f"({dataset_label_names(eval_dataset)[:5]}... vs {names[:5]}...)"
-        )
-
-    model = build_model(model_args, names)
+    model = build_model(model_args, dataset_label_names(train_dataset))
+    check_dataset_labels(dataset_label_names(eval_dataset), model.config, what=f"{data_args.dataset} ({eval_split})")
     if model_args.channels_last:
         model.sadcl.backbone.to(memory_format=torch.channels_last)
     config = model.config
