@@ -218,8 +218,6 @@ class SADCLConfig(PreTrainedConfig):
             exceeds it.
         prototype_threshold (`float`): confidence a positive needs to contribute to a class prototype.
         thresholds (`list[float]`, *optional*): per-class decision thresholds (calibrated); `None` means 0.5 everywhere.
-        training_summary (`dict`, *optional*): what the training run recorded for the model card (dataset, splits,
-            stage, hyper-parameters, evaluation metrics); written by `sadcl_hf.model_card.record_training_summary`.
     """
 
     model_type = "sadcl"
@@ -271,10 +269,12 @@ class SADCLConfig(PreTrainedConfig):
     memory_bank_threshold: float = 0.8
     prototype_threshold: float = 0.85
     thresholds: list[float] | None = None
-    training_summary: dict | None = None
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        # results of a run live in the model card data (sadcl_hf/model_card.py), which reads this old field of a
+        # saved config.json itself; the config holds the architecture only
+        kwargs.pop("training_summary", None)
         if __name__ == "sadcl_hf.configuration_sadcl":
             # `custom_pipelines` names the checkpoint's image-classification pipeline for remote code; installed,
             # `import sadcl_hf` registers that pipeline itself, and the entry would make `pipeline()` demand

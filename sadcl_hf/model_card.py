@@ -1,17 +1,29 @@
-"""Model cards (the repository `README.md`) for SADCL checkpoints.
+"""Model cards (the repository `README.md`) for SADCL checkpoints, and the card data a run produced.
 
-[`create_model_card`] fills the Jinja template `sadcl_hf/templates/model_card.md` (the single source of the card's
-layout, shipped as package data) through `huggingface_hub.ModelCard.from_template`: the YAML header carries the Hub
-metadata (library, pipeline tag, base model, datasets, tags and the evaluation results as a `model-index`), the
-body the architecture, labels, metrics, usage, training recipe, framework versions and the paper's citation.
+What a run produced (dataset, splits, recipe stage, hyper-parameters, the metrics of each evaluation, EMA,
+calibration and ONNX results) is [`SADCLModelCardData`], kept on the model as `model.model_card_data` (as setfit's
+and span-marker's `ModelCardData`): [`ModelCardCallback`](sadcl_hf.training.callbacks) fills it during training,
+scripts add calibration and ONNX results. `config.json` holds the architecture (and thresholds, label names) only.
+
+Beside the model, [`save_model_card`] writes `README.md` (the Jinja template `sadcl_hf/templates/model_card.md`
+filled through `huggingface_hub.ModelCard.from_template`: YAML Hub metadata with the results as a `model-index`, the
+body) and `model_card_data.json` ([`CARD_DATA_NAME`]), the card data as it was recorded. A JSON file rather than the
+README's YAML header: the header follows the Hub's schema (rounded values, one `model-index` layout) and is edited by
+people on the Hub, while the JSON keeps every recorded value exactly, so a loaded folder's card can be rendered again
+(another repository id, new calibration or ONNX results, a newer template) without losing results.
+[`model_card_data_of`] loads it back for a model loaded from a folder; folders saved before it existed keep their
+results in `config.json`'s old `training_summary` field, read once from that file as a fallback (the config drops it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
+import json
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +35,21 @@ from .evaluation import METRIC_TITLES, metric_title, split_metric_name
 from .evaluation import MULTI_LABEL_TASK
 
 __all__ = [
+    "CARD_DATA_NAME",
     "MODEL_CARD_TEMPLATE_PATH",
+    "SADCLModelCardData",
+    "add_calibration_to_model_card",
     "add_onnx_results_to_model_card",
     "create_model_card",
+    "model_card_data_of",
     "record_training_summary",
     "save_model_card",
 ]
 
 MODEL_CARD_TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "model_card.md"
+CARD_DATA_NAME = "model_card_data.json"
 
-_METRIC_PREFIXES = ("eval_", "test_", "validation_", "val_")
+_METRIC_PREFIXES = ("eval_ema_", "eval_", "test_", "validation_", "val_")
 _TRAINING_ARGUMENT_KEYS = (
     "learning_rate",
     "num_train_epochs",
@@ -128,11 +145,117 @@ def _default_model_id(config, dataset_name: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(part for part in parts if part))
 
 
-_SUMMARY_KEYS = ("dataset_name", "dataset_id", "train_split", "eval_split", "stage", "metrics", "hyperparameters")
+@dataclass
+class SADCLModelCardData:
+    """What a training run (and the scripts after it) produced, for the model card; `model.model_card_data`.
+
+    Args:
+        dataset_name: the dataset trained and evaluated on (registry name such as `"coco2014"`, or a Hub id).
+        dataset_id: the dataset's Hub id for the metadata (default `dataset_name`).
+        train_split / eval_split: split names shown with the training data and the results.
+        stage: the training-recipe stage that produced the weights (e.g. `"sadcl"`).
+        hyperparameters: `{name: value as text}` of the training arguments.
+        metrics: the latest evaluation of the raw weights, `{"map": 84.1, ...}` in percent.
+        ema_metrics: the latest evaluation of the EMA weights, same form.
+        ema_decay: the EMA decay, when an EMA was kept.
+        uses_ema_weights: the saved weights are the EMA (the card then shows `ema_metrics`).
+        global_step: optimisation steps the run took.
+        calibration: per-class threshold calibration, `{"dataset", "split", "num_images", "before", "after"}`.
+        onnx: ONNX Runtime results, `{"dataset", "calibration_split", "eval_split", "fp32_map", "int8_map"}`.
+        source: a markdown section on where the weights come from (converted checkpoints).
+        model_id / license / tags: the Hub repository id, SPDX license of the weights, extra Hub tags.
+    """
+
+    dataset_name: str | None = None
+    dataset_id: str | None = None
+    train_split: str | None = None
+    eval_split: str | None = None
+    stage: str | None = None
+    hyperparameters: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    ema_metrics: dict[str, float] = field(default_factory=dict)
+    ema_decay: float | None = None
+    uses_ema_weights: bool = False
+    global_step: int | None = None
+    calibration: dict[str, Any] | None = None
+    onnx: dict[str, Any] | None = None
+    source: str | None = None
+    model_id: str | None = None
+    license: str = "apache-2.0"
+    tags: list[str] = field(default_factory=list)
+
+    @property
+    def results(self) -> dict[str, float]:
+        """The metrics of the saved weights (the EMA's when they are the EMA), shown as the `model-index`."""
+        return self.ema_metrics if self.uses_ema_weights else self.metrics
+
+    def record_hyperparameters(self, training_args: Mapping[str, Any] | Any) -> None:
+        """Keeps the training arguments: a dict (all entries) or `transformers.TrainingArguments` (the usual ones)."""
+        self.hyperparameters = dict(_training_hyperparameters(training_args))
+
+    def record_metrics(self, metrics: Mapping[str, Any], ema: bool = False) -> None:
+        """Keeps an evaluation of the raw weights (`ema=True`: of the EMA): the metric keys of `metrics`, Trainer
+        prefixes (`eval_`, `eval_ema_`) removed, in percent. Raw metrics given this way become the shown results."""
+        if ema:
+            self.ema_metrics = _normalise_metrics(metrics)
+        else:
+            self.metrics, self.uses_ema_weights = _normalise_metrics(metrics), False
+
+    def reset_results(self) -> None:
+        """Forgets what describes the weights and their data (training changes them); keeps `source`, `model_id`,
+        `license` and `tags`."""
+        kept = ("source", "model_id", "license", "tags")
+        kept = {name: getattr(self, name) for name in kept}
+        for item in dataclasses.fields(self):
+            value = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+            setattr(self, item.name, kept.get(item.name, value))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "model card data") -> SADCLModelCardData:
+        """Raises `ValueError` naming `source` and the unknown keys."""
+        names = {item.name for item in dataclasses.fields(cls)}
+        if not isinstance(values, Mapping) or set(values) - names:
+            unknown = sorted(set(values) - names) if isinstance(values, Mapping) else type(values).__name__
+            raise ValueError(f"{source}: expected a mapping with keys among {sorted(names)}, got {unknown}")
+        return cls(**values)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Writes `folder/model_card_data.json`; returns its path."""
+        path = Path(folder) / CARD_DATA_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> SADCLModelCardData:
+        """The card data saved in `folder`; else the old `training_summary` of its config.json; else empty."""
+        folder = Path(folder)
+        path = folder / CARD_DATA_NAME
+        if path.is_file():
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")), str(path))
+        config_path = folder / "config.json"
+        if config_path.is_file():
+            legacy = json.loads(config_path.read_text(encoding="utf-8")).get("training_summary")
+            if legacy:
+                return cls.from_dict(legacy, f"{config_path} (training_summary)")
+        return cls()
+
+
+def model_card_data_of(model) -> SADCLModelCardData:
+    """`model.model_card_data`; on first use, loaded from the folder the model was loaded from
+    (`model.name_or_path`, [`SADCLModelCardData.load`]) or empty, and attached."""
+    card_data = getattr(model, "model_card_data", None)
+    if card_data is None:
+        folder = getattr(model, "name_or_path", "")
+        card_data = SADCLModelCardData.load(folder) if folder and Path(folder).is_dir() else SADCLModelCardData()
+        model.model_card_data = card_data
+    return card_data
 
 
 def record_training_summary(
-    model_or_config,
+    model,
     metrics: Mapping[str, Any] | None,
     dataset_name: str,
     *,
@@ -141,37 +264,29 @@ def record_training_summary(
     train_split: str | None = None,
     eval_split: str | None = None,
     dataset_id: str | None = None,
-) -> dict[str, Any]:
-    """Records what a training run produced in `config.training_summary` (saved with config.json), so that every
-    card made from the model later ([`create_model_card`], `model.push_to_hub`, `SADCLTrainer.push_to_hub`,
-    `scripts/push_to_hub.py`) shows it, the metrics as the `model-index`.
-
-    The arguments are [`create_model_card`]'s; `metrics` are those of the weights being saved. Returns the summary.
-    """
+) -> SADCLModelCardData:
+    """Records a run's dataset, splits, stage, hyper-parameters and the metrics of the weights being saved in
+    `model.model_card_data` (`metrics` replace the shown results). Returns the card data."""
     if not dataset_name:
         raise ValueError("record_training_summary needs dataset_name, the dataset the metrics were measured on")
-    config = getattr(model_or_config, "config", model_or_config)
-    summary = {
-        "dataset_name": dataset_name,
-        "dataset_id": dataset_id,
-        "train_split": train_split,
-        "eval_split": eval_split,
-        "stage": stage,
-        "metrics": _normalise_metrics(metrics or {}),
-        "hyperparameters": dict(_training_hyperparameters(training_args)),
-    }
-    config.training_summary = {key: value for key, value in summary.items() if value not in (None, {})}
-    return config.training_summary
+    card_data = model_card_data_of(model)
+    card_data.dataset_name, card_data.dataset_id = dataset_name, dataset_id or card_data.dataset_id
+    card_data.stage = stage or card_data.stage
+    card_data.train_split = train_split or card_data.train_split
+    card_data.eval_split = eval_split or card_data.eval_split
+    if training_args is not None:
+        card_data.record_hyperparameters(training_args)
+    if metrics is not None:
+        card_data.record_metrics(metrics)
+    return card_data
 
 
-def _recorded_summary(config) -> dict[str, Any]:
-    summary = getattr(config, "training_summary", None) or {}
-    if not isinstance(summary, Mapping) or set(summary) - set(_SUMMARY_KEYS):
-        raise ValueError(
-            f"config.training_summary must be a mapping with keys among {_SUMMARY_KEYS}, got {summary!r} "
-            "(written by sadcl_hf.model_card.record_training_summary)"
-        )
-    return dict(summary)
+def _calibration_rows(calibration: Mapping[str, Any] | None) -> list[tuple[str, str, str]]:
+    """[(metric title, before, after)] of a recorded calibration."""
+    if not calibration:
+        return []
+    before, after = _normalise_metrics(calibration["before"]), _normalise_metrics(calibration["after"])
+    return [(metric_title(name), f"{before[name]:.2f}", f"{after[name]:.2f}") for name in after if name in before]
 
 
 def create_model_card(
@@ -185,13 +300,14 @@ def create_model_card(
     dataset_id: str | None = None,
     eval_split: str | None = None,
     train_split: str | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
     tags: list[str] | None = None,
+    card_data: SADCLModelCardData | None = None,
 ) -> ModelCard:
-    """Builds the model card of a SADCL checkpoint.
+    """Builds the model card of a SADCL checkpoint from its card data.
 
-    Every argument from `metrics` to `train_split` left out is taken from what the model recorded
-    (`config.training_summary`, see [`record_training_summary`]).
+    `card_data` defaults to the model's ([`model_card_data_of`]; empty for a config). Every other argument given
+    replaces the card data's field in a copy (the model's own card data is not changed).
 
     Args:
         model_or_config: a `SADCLForImageClassification` (adds the parameter count) or its `SADCLConfig`.
@@ -200,32 +316,48 @@ def create_model_card(
         dataset_name: the dataset trained and evaluated on (e.g. `"coco2014"`); required with `metrics`.
         training_args: hyper-parameters, a dict (all entries shown) or `transformers.TrainingArguments` (the usual
             ones shown).
-        stage: the training-recipe stage that produced the checkpoint (e.g. `"sadcl"`, `"finetune-448"`).
-        model_id: the Hub repository id used in the title and usage snippets (default `sadcl-<backbone>-<dataset>`).
-        dataset_id: the dataset's Hub id for the metadata (default `dataset_name`).
-        eval_split / train_split: split names shown with the results and the training data.
-        license: SPDX license identifier of the weights.
-        tags: extra Hub tags.
+        stage / model_id / dataset_id / eval_split / train_split / license / tags: as in [`SADCLModelCardData`];
+            `model_id` defaults to `sadcl-<backbone>-<dataset>`.
 
     Returns:
         `huggingface_hub.ModelCard`; `card.save(path)` writes it, `ModelCard.load(path)` reads it back.
     """
+    data = _card_data_with(
+        model_or_config, card_data, metrics, training_args, dataset_name=dataset_name, dataset_id=dataset_id,
+        stage=stage, eval_split=eval_split, train_split=train_split, model_id=model_id, license=license, tags=tags,
+    )  # fmt: skip
+    return _render(model_or_config, data)
+
+
+def _card_data_with(model_or_config, card_data, metrics, training_args, **overrides) -> SADCLModelCardData:
+    """A copy of `card_data` (default: the model's, empty for a config) with the given fields replaced."""
+    if card_data is None:
+        is_model = hasattr(model_or_config, "config")
+        card_data = model_card_data_of(model_or_config) if is_model else SADCLModelCardData()
+    data = dataclasses.replace(card_data)
+    for name, value in overrides.items():
+        if not hasattr(data, name):
+            raise TypeError(f"unexpected model card argument {name!r}: not a field of SADCLModelCardData")
+        if value is not None:
+            setattr(data, name, value)
+    if training_args is not None:
+        data.record_hyperparameters(training_args)
+    if metrics is not None:
+        data.record_metrics(metrics)
+    return data
+
+
+def _render(model_or_config, data: SADCLModelCardData) -> ModelCard:
+    """The card showing `data`."""
     config = getattr(model_or_config, "config", model_or_config)
     label_names = config.label_names
-    recorded = _recorded_summary(config)
-    metrics = _normalise_metrics(recorded.get("metrics", {}) if metrics is None else metrics)
-    dataset_name = dataset_name or recorded.get("dataset_name")
-    dataset_id = dataset_id or recorded.get("dataset_id")
-    stage = stage or recorded.get("stage")
-    eval_split = eval_split or recorded.get("eval_split")
-    train_split = train_split or recorded.get("train_split")
-    if training_args is None:
-        hyperparameters = list(recorded.get("hyperparameters", {}).items())
-    else:
-        hyperparameters = _training_hyperparameters(training_args)
+    metrics = _normalise_metrics(data.results)
+    dataset_name, dataset_id, stage = data.dataset_name, data.dataset_id, data.stage
+    eval_split, train_split, hyperparameters = data.eval_split, data.train_split, list(data.hyperparameters.items())
     if metrics and not dataset_name:
         raise ValueError("metrics were given without dataset_name; the model-index needs the evaluation dataset")
-    model_id = model_id or _default_model_id(config, dataset_name)
+    model_id = data.model_id or _default_model_id(config, dataset_name)
+    license, tags = data.license, data.tags
     dataset_id = dataset_id or dataset_name
     dataset_display = _dataset_display_name(dataset_name) if dataset_name else None
 
@@ -268,7 +400,7 @@ def create_model_card(
     eval_description = f"Results on {dataset_display}" + (f" (`{eval_split}` split)" if eval_split else "") + (
         ", with the per-class thresholds stored in the config." if config.thresholds else ", at threshold 0.5."
     )
-    return ModelCard.from_template(
+    card = ModelCard.from_template(
         card_data,
         template_path=str(MODEL_CARD_TEMPLATE_PATH),
         model_id=model_id,
@@ -306,30 +438,40 @@ def create_model_card(
         eval_description=eval_description,
         metrics_rows=[(metric_title(name), f"{value:.2f}") for name, value in metrics.items()],
         hyperparameters=hyperparameters,
+        ema_decay=data.ema_decay if data.uses_ema_weights else None,
+        global_step=data.global_step,
+        calibration=data.calibration,
+        calibration_rows=_calibration_rows(data.calibration),
+        calibration_dataset=_dataset_display_name(data.calibration["dataset"]) if data.calibration else None,
+        onnx_section=_onnx_section(**data.onnx) if data.onnx else None,
+        source=data.source,
         framework_versions=_framework_versions(),
     )
+    return card
 
 
 def save_model_card(model, output_dir: str | os.PathLike, **kwargs) -> Path:
-    """Writes `output_dir/README.md` from [`create_model_card`]`(model, **kwargs)` and returns its path."""
-    path = Path(output_dir) / "README.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    create_model_card(model, **kwargs).save(path)
+    """Writes `output_dir/README.md` from [`create_model_card`]`(model, **kwargs)` and the card data it shows as
+    `output_dir/model_card_data.json`; that card data (the given arguments included) becomes the model's
+    `model_card_data`. Returns the README's path."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    card_data = kwargs.pop("card_data", None)
+    metrics, training_args = kwargs.pop("metrics", None), kwargs.pop("training_args", None)
+    data = _card_data_with(model, card_data, metrics, training_args, **kwargs)
+    if hasattr(model, "config"):
+        model.model_card_data = data
+    path = output_dir / "README.md"
+    _render(model, data).save(path)
+    data.save(output_dir)
     return path
 
 
-_ONNX_SECTION = re.compile(r"\n*<!-- onnx-runtime -->.*?<!-- /onnx-runtime -->\n?", re.DOTALL)
-
-
-def add_onnx_results_to_model_card(
-    path: str | os.PathLike, *, dataset: str, calibration_split: str, eval_split: str, fp32_map: float, int8_map: float
-) -> Path:
-    """Adds (or replaces) the card's "ONNX Runtime" section: the files in `onnx/`, how to serve them and the mAP of
-    the float and static-int8 graphs on `eval_split` (written by `scripts/export_onnx.py --quantize int8`)."""
-    path = Path(path)
+def _onnx_section(dataset: str, calibration_split: str, eval_split: str, fp32_map: float, int8_map: float) -> str:
+    """The card's "ONNX Runtime" section: the files in `onnx/`, how to serve them, the float and int8 mAP."""
     display = _dataset_display_name(dataset)
-    section = (
-        "<!-- onnx-runtime -->\n## ONNX Runtime\n\n"
+    return (
+        "## ONNX Runtime\n\n"
         "`onnx/model.onnx` (float32) and `onnx/model_quantized.onnx` (static int8, QDQ, calibrated on the "
         f"`{calibration_split}` split of {display}) serve the model with ONNX Runtime:\n\n"
         "```python\n"
@@ -338,8 +480,28 @@ def add_onnx_results_to_model_card(
         f"| {display}, `{eval_split}` split | mAP (%) |\n|---|---|\n"
         f"| float32 (`onnx/model.onnx`) | {fp32_map:.2f} |\n"
         f"| int8 (`onnx/model_quantized.onnx`) | {int8_map:.2f} ({int8_map - fp32_map:+.2f} points) |\n"
-        "<!-- /onnx-runtime -->\n"
     )
-    text = _ONNX_SECTION.sub("\n", path.read_text(encoding="utf-8")).rstrip("\n")
-    path.write_text(f"{text}\n\n{section}", encoding="utf-8")
-    return path
+
+
+def add_onnx_results_to_model_card(
+    model, output_dir: str | os.PathLike, *, dataset: str, calibration_split: str, eval_split: str,
+    fp32_map: float, int8_map: float,
+) -> Path:
+    """Records the mAP of the float and static-int8 ONNX graphs on `eval_split` in `model`'s card data and writes
+    the card again to `output_dir` (`scripts/export_onnx.py --quantize int8`). Returns the README path."""
+    model_card_data_of(model).onnx = {
+        "dataset": dataset, "calibration_split": calibration_split, "eval_split": eval_split,
+        "fp32_map": float(fp32_map), "int8_map": float(int8_map),
+    }  # fmt: skip
+    return save_model_card(model, output_dir)
+
+
+def add_calibration_to_model_card(model, output_dir: str | os.PathLike, report: Mapping[str, Any], *,
+                                  dataset: str, split: str) -> Path:
+    """Records a threshold calibration ([`calibrate_thresholds`]'s report) in `model`'s card data and writes the
+    card again to `output_dir` (`scripts/calibrate_thresholds.py`). Returns the README path."""
+    model_card_data_of(model).calibration = {
+        "dataset": dataset, "split": split, "num_images": int(report["num_images"]),
+        "before": _normalise_metrics(report["before"]), "after": _normalise_metrics(report["after"]),
+    }  # fmt: skip
+    return save_model_card(model, output_dir)

@@ -486,8 +486,9 @@ class SADCLPreTrainedModel(PreTrainedModel):
 
     def push_to_hub(self, repo_id: str, *, tags: list[str] | None = None, **kwargs):
         """transformers' `push_to_hub` (same arguments), with the SADCL model card as the repository's README.md:
-        labels, thresholds, usage, citation and the results the model recorded (`config.training_summary`) as its
-        `model-index` (`sadcl_hf.model_card`). Without sadcl-hf installed (remote code) it is transformers' push."""
+        labels, thresholds, usage, citation and the results of the model's card data (`model.model_card_data`, else
+        the `model_card_data.json` of the folder it was loaded from) as its `model-index`, and that card data
+        (`sadcl_hf.model_card`). Without sadcl-hf installed (remote code) it is transformers' push."""
         try:
             from sadcl_hf.model_card import save_model_card
         except ImportError:  # remote code without sadcl-hf: transformers' generic card

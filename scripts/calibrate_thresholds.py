@@ -7,7 +7,8 @@
 Each class gets the threshold that maximises its F1 on the split; they are written to `config.thresholds` in the
 model folder's config.json (or --output-dir), where the `multi-label-image-classification` pipeline and
 scripts/predict.py pick them up. Prints CP/CR/CF1/OP/OR/OF1 (and mAP, which thresholds do not change) before and
-after. Use a validation split (e.g. `validation` for digits-mosaic, a held-out folder split), not the test split.
+after; the before/after table goes into the model card (README.md and model_card_data.json of the same folder).
+Use a validation split (e.g. `validation` for digits-mosaic, a held-out folder split), not the test split.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from sadcl_hf import calibrate_thresholds
+from sadcl_hf.model_card import CARD_DATA_NAME, add_calibration_to_model_card
 from sadcl_hf.analysis.calibration import format_calibration_report
 from sadcl_hf.cli import run_script
 from sadcl_hf.data import load_multilabel_dataset
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         output_dir = Path(args.output_dir or model_dir)
         model.config.save_pretrained(output_dir)
         print(f"saved {model.config.num_labels} per-class thresholds to {output_dir / 'config.json'}")
+        readme = add_calibration_to_model_card(model, output_dir, report, dataset=args.dataset, split=args.split)
+        print(f"recorded the calibration in {readme} and {output_dir / CARD_DATA_NAME}")
     return 0
 
 

@@ -13,7 +13,8 @@ names, thresholds and normalisation are in the ONNX metadata.
 `--quantize int8` also writes MODEL_DIR/onnx/model_quantized.onnx (`backend="onnx-int8"`): onnxruntime's static
 quantization in QDQ format (int8 weights per channel, uint8 activations; every Conv, MatMul, Gemm, Add ...), with
 activation ranges calibrated on images of `--calibration-split`; then it prints the mAP of the float and int8
-graphs on `--eval-split` and records the change in the model card (MODEL_DIR/README.md). Needs the `[onnx]` extra.
+graphs on `--eval-split` and records the change in the model card (MODEL_DIR/README.md and model_card_data.json).
+Needs the `[onnx]` extra.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from transformers import AutoModelForImageClassification
 
 from sadcl_hf.cli import run_script
-from sadcl_hf.model_card import add_onnx_results_to_model_card
+from sadcl_hf.model_card import CARD_DATA_NAME, add_onnx_results_to_model_card
 from sadcl_hf.serving.onnx_export import (
     ONNX_FILE_NAME,
     ONNX_INT8_FILE_NAME,
@@ -86,12 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         f"tag agreement {100 * result['tag_agreement']:.2f}%, max |probability difference| "
         f"{result['max_probability_difference']:.3f}"
     )
-    if model_dir.is_dir() and (model_dir / "README.md").is_file():
-        add_onnx_results_to_model_card(
-            model_dir / "README.md", dataset=args.calibration_dataset, calibration_split=args.calibration_split,
+    if model_dir.is_dir():
+        readme = add_onnx_results_to_model_card(
+            model, model_dir, dataset=args.calibration_dataset, calibration_split=args.calibration_split,
             eval_split=args.eval_split, fp32_map=result["reference_map"], int8_map=result["candidate_map"],
         )  # fmt: skip
-        print(f"recorded the int8 mAP change in {model_dir / 'README.md'}")
+        print(f"recorded the int8 mAP change in {readme} and {model_dir / CARD_DATA_NAME}")
     return 0
 
 

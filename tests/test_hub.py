@@ -68,7 +68,8 @@ def test_push_then_load_with_remote_code_where_sadcl_hf_is_missing(tiny_model_di
     head = repo.commits[-1]
     assert head.message == "First model" and len(repo.commits) == 2  # creation + one upload commit
     expected_files = {
-        ".gitattributes", "README.md", "config.json", "model.safetensors", "preprocessor_config.json",
+        ".gitattributes", "README.md", "model_card_data.json", "config.json", "model.safetensors",
+        "preprocessor_config.json",
         "configuration_sadcl.py", "modeling_sadcl.py", "losses.py",
         "pipeline_image_classification.py", "images.py",  # the stock image-classification pipeline's image loading
     }
@@ -190,8 +191,9 @@ def test_model_and_trainer_push_to_hub_publish_the_sadcl_card(tiny_model_dir, tm
     assert f'pipeline("multi-label-image-classification", model="{model_repo}")' in card.text  # usage
     assert "Semantic-Aware Dual Contrastive Learning for Multi-label Image Classification" in card.text  # citation
     assert "Recipe stage | sadcl" in card.text
-    recorded = json.loads(model_commit.files["config.json"].content)["training_summary"]
-    assert recorded["metrics"] == {"map": 61.5, "of1": 55.25}
+    assert "training_summary" not in json.loads(model_commit.files["config.json"].content)
+    recorded = json.loads(model_commit.files["model_card_data.json"].content)
+    assert recorded["metrics"] == {"map": 61.5, "of1": 55.25} and recorded["model_id"] == model_repo
 
     card = _pushed_card(hub, trainer_repo, tmp_path)
     assert card.data.model_name == trainer_repo and "sadcl" in card.data.tags
@@ -200,22 +202,43 @@ def test_model_and_trainer_push_to_hub_publish_the_sadcl_card(tiny_model_dir, tm
     assert "| max_steps | 1 |" in card.text
     assert f'from_pretrained("{trainer_repo}", trust_remote_code=True)' in card.text
     assert "automatically generated" not in card.text  # not transformers' draft
+    trainer_commit = hub.repos[trainer_repo].commits[-1]
+    assert "training_summary" not in json.loads(trainer_commit.files["config.json"].content)
+    assert json.loads(trainer_commit.files["model_card_data.json"].content)["metrics"]["map"] == results["map"]
     assert hub.unhandled == []
 
 
-def test_push_script_card_from_the_recorded_results(tiny_model_dir, tmp_path):
-    """A model folder without README.md: scripts/push_to_hub.py stages the card from `config.training_summary`."""
+def test_push_script_card_from_the_recorded_card_data(tiny_model_dir, tmp_path):
+    """A model folder with card data: scripts/push_to_hub.py renders the card again for the repository."""
     from sadcl_hf.hub.push import stage_model_folder
     from sadcl_hf.model_card import record_training_summary
 
     model = AutoModelForImageClassification.from_pretrained(tiny_model_dir)
     record_training_summary(model, {"map": 70.0}, "voc2007", eval_split="test")
     model.save_pretrained(tmp_path / "model")
+    model.model_card_data.save(tmp_path / "model")
     assert not (tmp_path / "model" / "README.md").exists()
     stage_model_folder(tmp_path / "model", tmp_path / "staging", REPO_ID)
     card = ModelCard.load(tmp_path / "staging" / "README.md")
     assert card.data.model_name == REPO_ID
     assert [(r.metric_type, r.metric_value, r.dataset_split) for r in card.data.eval_results] == [("map", 70.0, "test")]
+    assert json.loads((tmp_path / "staging" / "model_card_data.json").read_text())["model_id"] == REPO_ID
+
+
+def test_push_script_card_of_an_old_folder_with_results_in_its_config(tiny_model_dir, tmp_path):
+    """A folder saved before the card data existed (results in config.json's `training_summary`, no README):
+    the staged card shows them and the staged config.json no longer holds them."""
+    from sadcl_hf.hub.push import stage_model_folder
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["training_summary"] = {"dataset_name": "voc2007", "eval_split": "test", "metrics": {"map": 66.5}}
+    (model_dir / "config.json").write_text(json.dumps(config))
+    stage_model_folder(model_dir, tmp_path / "staging", REPO_ID)
+    card = ModelCard.load(tmp_path / "staging" / "README.md")
+    assert [(r.metric_type, r.metric_value, r.dataset_split) for r in card.data.eval_results] == [("map", 66.5, "test")]
+    assert "training_summary" not in json.loads((tmp_path / "staging" / "config.json").read_text())
 
 
 def test_push_with_space_writes_a_web_tagger_that_loads_the_pushed_model(tiny_model_dir, tmp_path, hub):

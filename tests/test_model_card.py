@@ -1,5 +1,6 @@
 """Model cards: rendering, the model-index and parsing back with huggingface_hub."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,13 @@ from transformers import TrainingArguments
 import sadcl_hf
 from sadcl_hf import COCO_LABELS, SADCLConfig, SADCLForImageClassification
 from sadcl_hf.model_card import (
+    CARD_DATA_NAME,
     MODEL_CARD_TEMPLATE_PATH,
+    SADCLModelCardData,
+    add_calibration_to_model_card,
+    add_onnx_results_to_model_card,
     create_model_card,
+    model_card_data_of,
     record_training_summary,
     save_model_card,
 )
@@ -119,29 +125,75 @@ def test_template_is_package_data():
     assert "sadcl_hf/templates/model_card.md" in pointer.read_text()
 
 
-def test_recorded_results_travel_with_the_saved_model(tiny_model, tmp_path):
+def test_recorded_results_travel_with_the_saved_model_not_its_config(tiny_model, tmp_path):
     arguments = TrainingArguments(output_dir=str(tmp_path), learning_rate=3e-4, seed=7)
-    summary = record_training_summary(
+    card_data = record_training_summary(
         tiny_model, METRICS, "voc2007", training_args=arguments, stage="baseline", eval_split="test"
     )
-    assert summary["metrics"]["map"] == 84.123 and "loss" not in summary["metrics"]
+    assert tiny_model.model_card_data is card_data
+    assert card_data.metrics["map"] == 84.123 and "loss" not in card_data.metrics
     tiny_model.save_pretrained(tmp_path / "model")
+    save_model_card(tiny_model, tmp_path / "model")
+    assert "training_summary" not in json.loads((tmp_path / "model" / "config.json").read_text())
+    assert json.loads((tmp_path / "model" / CARD_DATA_NAME).read_text())["metrics"]["map"] == 84.123
     loaded = SADCLForImageClassification.from_pretrained(tmp_path / "model")
+    assert model_card_data_of(loaded) == SADCLModelCardData.load(tmp_path / "model")
     card = create_model_card(loaded)
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert results["map"] == 84.12 and len(results) == 8
     assert card.data.datasets == ["voc2007"] and card.data.eval_results[0].dataset_split == "test"
     assert "| learning_rate | 0.0003 |" in card.text and "Recipe stage | baseline" in card.text
-    # explicit arguments win over the recorded ones
+    # explicit arguments win over the recorded ones, without changing them
     card = create_model_card(loaded, metrics={"map": 12.5}, dataset_name="coco2014")
     assert [(r.metric_type, r.metric_value, r.dataset_type) for r in card.data.eval_results] == [
         ("map", 12.5, "coco2014")
     ]
+    assert loaded.model_card_data.metrics["map"] == 84.123
 
 
-def test_recorded_summary_is_checked(tiny_model):
+def test_old_folder_with_training_summary_in_config_loads_and_keeps_its_card(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["training_summary"] = {
+        "dataset_name": "voc2007", "eval_split": "test", "stage": "sadcl", "metrics": {"map": 71.25},
+        "hyperparameters": {"learning_rate": "0.0001"},
+    }  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = SADCLForImageClassification.from_pretrained(tmp_path)
+    assert not hasattr(loaded.config, "training_summary")
+    assert "training_summary" not in loaded.config.to_dict()
+    card = create_model_card(loaded)
+    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("map", 71.25)]
+    assert "Recipe stage | sadcl" in card.text and "| learning_rate | 0.0001 |" in card.text
+    loaded.save_pretrained(tmp_path / "resaved")
+    assert "training_summary" not in json.loads((tmp_path / "resaved" / "config.json").read_text())
+
+
+def test_card_data_is_checked(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="dataset_name"):
         record_training_summary(tiny_model, {"map": 1.0}, "")
-    tiny_model.config.training_summary = {"mAP": 50.0}
-    with pytest.raises(ValueError, match="training_summary"):
-        create_model_card(tiny_model)
+    (tmp_path / CARD_DATA_NAME).write_text(json.dumps({"mAP": 50.0}))
+    with pytest.raises(ValueError, match=f"{CARD_DATA_NAME}: expected a mapping with keys among"):
+        SADCLModelCardData.load(tmp_path)
+    with pytest.raises(TypeError, match="'dataset'"):
+        save_model_card(tiny_model, tmp_path, dataset="voc2007")
+
+
+def test_calibration_and_onnx_results_go_to_the_card_data(tiny_model, tmp_path):
+    record_training_summary(tiny_model, {"map": 60.0, "cf1": 50.0}, "voc2007", eval_split="test")
+    report = {"num_images": 12, "before": {"map": 60.0, "cf1": 50.0}, "after": {"map": 60.0, "cf1": 55.5}}
+    add_calibration_to_model_card(tiny_model, tmp_path, report, dataset="voc2007", split="val")
+    add_onnx_results_to_model_card(
+        tiny_model, tmp_path, dataset="voc2007", calibration_split="train", eval_split="test", fp32_map=60.0,
+        int8_map=59.5,
+    )  # fmt: skip
+    assert "training_summary" not in tiny_model.config.to_dict()
+    loaded = SADCLModelCardData.load(tmp_path)
+    assert loaded.calibration["after"]["cf1"] == 55.5 and loaded.onnx["int8_map"] == 59.5
+    text = (tmp_path / "README.md").read_text()
+    assert "12 images of the\n`val` split of PASCAL VOC 2007" in text and "| CF1 | 50.00 | 55.50 |" in text
+    assert "| int8 (`onnx/model_quantized.onnx`) | 59.50 (-0.50 points) |" in text
+    assert text.count("## ONNX Runtime") == 1 and "| mAP | 60.00 |" in text
+    # a rendering from the loaded folder shows the same card
+    model = SADCLForImageClassification(tiny_model.config)
+    assert create_model_card(model, card_data=loaded).text == ModelCard.load(tmp_path / "README.md").text

@@ -19,7 +19,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from sadcl_hf.model_card import record_training_summary
+from sadcl_hf.model_card import model_card_data_of, record_training_summary
 from sadcl_hf.training.arguments import ModelArguments, SADCLTrainingArguments
 from sadcl_hf.training.recipe import build_model, parse_arguments, run_training
 from sadcl_hf.training.trainer import SADCLTrainer
@@ -147,12 +147,19 @@ def test_two_stage_recipe_end_to_end(tmp_path, data_options):
     assert all({"asl", "sscl", "pscl"} <= set(entry) for entry in log if "loss" in entry)
     final = AutoModelForImageClassification.from_pretrained(stage2 / "model")
     assert final.config.objective == "sadcl"
-    # the run's results (the exported EMA's, not stage 1's) are recorded in the config and shown on the card
-    summary = final.config.training_summary
-    assert [summary[key] for key in ("dataset_name", "stage", "eval_split")] == ["digits-mosaic", "sadcl", "validation"]
-    assert summary["metrics"]["map"] == pytest.approx(metrics["eval_ema_map"])
+    # the run's results (the exported EMA's, not stage 1's) are in the card data beside the model, not in its config
+    assert "training_summary" not in json.loads((stage2 / "model" / "config.json").read_text())
+    card_data = model_card_data_of(final)
+    assert [card_data.dataset_name, card_data.stage, card_data.eval_split] == ["digits-mosaic", "sadcl", "validation"]
+    ema_decay = yaml.safe_load(DEMO_CONFIG.read_text())["ema_decay"]
+    assert card_data.uses_ema_weights and card_data.ema_decay == pytest.approx(ema_decay)
+    assert card_data.results["map"] == pytest.approx(metrics["eval_ema_map"])
+    assert card_data.metrics["map"] == pytest.approx(metrics["eval_map"]) and card_data.global_step == 2
+    assert card_data.hyperparameters["max_steps"] == "2"
     card = ModelCard.load(stage2 / "model" / "README.md")
     assert {r.metric_type: r.metric_value for r in card.data.eval_results}["map"] == round(metrics["eval_ema_map"], 2)
+    assert f"exponential moving average of the trained\nweights (decay {ema_decay})" in card.text
+    assert "Optimisation steps: 2" in card.text and "| max_steps | 2 |" in card.text
 
 
 def test_stage_sadcl_without_stage_one_model_is_explained(tmp_path, data_options):
@@ -476,7 +483,8 @@ def test_trainer_card_describes_this_run(tmp_path):
         train_dataset=_RandomImages(4), eval_dataset=_RandomImages(4, seed=1),
     )  # fmt: skip
     trainer.train()
-    assert model.config.training_summary is None
+    assert model.model_card_data.stage is None and model.model_card_data.dataset_name is None
+    assert model.model_card_data.metrics == {} and "training_summary" not in model.config.to_dict()
     metrics = trainer.evaluate()
     with pytest.raises(ValueError, match="dataset="):
         trainer.create_model_card()

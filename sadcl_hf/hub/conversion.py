@@ -544,7 +544,7 @@ def convert_official_checkpoint(
         orid_norm: the run was trained without input normalisation (Query2Label's `orid_norm`: mean 0, std 1).
     """
     from ..image_processing import image_processor_for_config
-    from ..model_card import create_model_card
+    from ..model_card import save_model_card
     from ..modeling_sadcl import SADCLForImageClassification
 
     checkpoint = Path(checkpoint)
@@ -582,14 +582,14 @@ def convert_official_checkpoint(
     model.save_pretrained(output_dir)
     processor = image_processor_for_config(config)
     processor.save_pretrained(output_dir)
-    card = create_model_card(
+    release = "sadcl" if "prototypes" in state_dict else "query2label"
+    save_model_card(
         model,
+        output_dir,
         dataset_name=dataset,
         stage="converted from Query2Label/SADCL (stage 1, SARL)",
         license="unknown",
         tags=["converted"],
+        source=_source_section(checkpoint, config, release, reported_map),
     )
-    release = "sadcl" if "prototypes" in state_dict else "query2label"
-    card.content = card.content + _source_section(checkpoint, config, release, reported_map)
-    card.save(output_dir / "README.md")
     return model

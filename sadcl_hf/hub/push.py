@@ -16,7 +16,7 @@ from huggingface_hub import HfApi, ModelCard
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
 from ..image_processing import image_processor_for_config
-from ..model_card import save_model_card
+from ..model_card import CARD_DATA_NAME, save_model_card
 
 __all__ = ["card_for_repository", "push_model_folder", "stage_model_folder"]
 
@@ -36,7 +36,9 @@ def stage_model_folder(model_dir: str | os.PathLike, staging_dir: str | os.PathL
 
     The model is loaded and saved again (safetensors weights, config.json with the full `auto_map` and the modelling
     code it points to), with `model_dir`'s image processor (else the one derived from the config) and its model card
-    (README.md, model id replaced by `repo_id`; else a card generated from the config).
+    rendered again for `repo_id` from the folder's card data (`model_card_data.json`, or the results an older folder
+    kept in config.json), written with it; a folder with a README.md but no card data keeps that README (model id
+    replaced by `repo_id`).
     """
     model_dir, staging_dir = Path(model_dir), Path(staging_dir)
     model = AutoModelForImageClassification.from_pretrained(model_dir)
@@ -47,7 +49,7 @@ def stage_model_folder(model_dir: str | os.PathLike, staging_dir: str | os.PathL
         print(f"warning: {model_dir} has no preprocessor_config.json; deriving it from the config", file=sys.stderr)
         image_processor = image_processor_for_config(model.config)
     image_processor.save_pretrained(staging_dir)
-    if (model_dir / "README.md").is_file():
+    if (model_dir / "README.md").is_file() and not (model_dir / CARD_DATA_NAME).is_file():
         card_for_repository(model_dir / "README.md", repo_id).save(staging_dir / "README.md")
     else:
         save_model_card(model, staging_dir, model_id=repo_id)

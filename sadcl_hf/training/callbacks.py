@@ -25,6 +25,7 @@ from safetensors.torch import save as serialize_tensors
 from timm.utils.model_ema import ModelEmaV3
 from transformers import TrainerCallback
 
+from ..model_card import model_card_data_of
 from .prototypes import OnlinePrototypeInitializer
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "EMA_WEIGHTS_NAME",
     "CheckpointStateCallback",
     "EMAUpdateCallback",
+    "ModelCardCallback",
     "OnlinePrototypeCallback",
     "WeightSyncCheckCallback",
     "checkpoint_folders",
@@ -150,6 +152,31 @@ class EMAUpdateCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self.ema.update(extract_model_from_parallel(model), step=state.global_step)
+
+
+class ModelCardCallback(TrainerCallback):
+    """Fills the trained model's card data (`model.model_card_data`, `sadcl_hf.model_card.SADCLModelCardData`), as
+    setfit's and span-marker's `ModelCardCallback`: on train begin it forgets the results of earlier weights and
+    records the hyper-parameters and the EMA decay, on each evaluation the metrics of the raw weights (`eval_*`) and
+    of the EMA (`eval_ema_*`), on train end the steps taken. `SADCLTrainer.save_final_model` adds dataset, splits and
+    stage."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        card_data = model_card_data_of(extract_model_from_parallel(model))
+        card_data.reset_results()
+        card_data.record_hyperparameters(args)
+        card_data.ema_decay = args.ema_decay if getattr(args, "use_ema", False) else None
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        card_data = model_card_data_of(extract_model_from_parallel(model))
+        metrics = metrics or {}
+        if "eval_ema_loss" in metrics:
+            card_data.record_metrics({k: v for k, v in metrics.items() if k.startswith("eval_ema_")}, ema=True)
+        if "eval_loss" in metrics:
+            card_data.record_metrics({k: v for k, v in metrics.items() if not k.startswith("eval_ema_")})
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        model_card_data_of(extract_model_from_parallel(model)).global_step = state.global_step
 
 
 class OnlinePrototypeCallback(TrainerCallback):

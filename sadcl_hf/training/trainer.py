@@ -5,6 +5,7 @@ next to checkpoints are callbacks (`sadcl_hf.training.callbacks`)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from .callbacks import (
     CheckpointStateCallback,
     EMAUpdateCallback,
+    ModelCardCallback,
     OnlinePrototypeCallback,
     WeightSyncCheckCallback,
     checkpoint_folders,
@@ -27,7 +29,7 @@ from .callbacks import (
     resolve_resume_checkpoint,
 )
 from ..evaluation import compute_metrics as multilabel_compute_metrics
-from ..model_card import record_training_summary, save_model_card
+from ..model_card import model_card_data_of, save_model_card
 
 __all__ = ["SADCLTrainer"]
 
@@ -55,8 +57,9 @@ class SADCLTrainer(Trainer):
     - `eval_data_collator`: the collator of evaluation and prediction batches (default: `data_collator`), e.g.
       [`eval_collator_for_config`] while `data_collator` augments.
     - `compute_metrics` defaults to the paper's metrics (`sadcl_hf.evaluation.compute_metrics`).
-    - Model cards: `save_final_model` writes the SADCL card and records the run in the exported model's config
-      (`sadcl_hf.model_card.record_training_summary`); `push_to_hub` uploads the SADCL card (`create_model_card`).
+    - Model cards: [`ModelCardCallback`] records the run in the model's card data (`model.model_card_data`,
+      `sadcl_hf.model_card.SADCLModelCardData`); `save_final_model` writes it with the SADCL card beside the model,
+      `push_to_hub` uploads the SADCL card (`create_model_card`). `config.json` holds no results.
     - Gradient accumulation averages: the loss of each micro-batch is its own mean, divided by the accumulation
       steps; the logged loss and components are means over the micro-batches.
     """
@@ -85,6 +88,7 @@ class SADCLTrainer(Trainer):
         self.checkpoint_state = CheckpointStateCallback(self.ema, self.online_prototypes)
         self.add_callback(self.checkpoint_state)
         self.add_callback(WeightSyncCheckCallback())
+        self.add_callback(ModelCardCallback())
 
     # Data: evaluation batches get their own (deterministic) transform.
 
@@ -215,10 +219,7 @@ class SADCLTrainer(Trainer):
         checkpoint folder, or True / "latest" / "true" for the newest complete one in `output_dir`
         ([`resolve_resume_checkpoint`]; an incomplete one is refused). A fresh run refuses an `output_dir` that
         holds checkpoints unless `overwrite_output_dir`, which deletes them. The results a loaded model recorded
-        (`config.training_summary`) describe weights that training changes: they are dropped."""
-        for model in (self.accelerator.unwrap_model(self.model), self.ema.module if self.ema is not None else None):
-            if model is not None:
-                model.config.training_summary = None
+        describe weights that training changes: [`ModelCardCallback`] drops them from its card data."""
         resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         self._clear_output_dir(resume_from_checkpoint)
         self.checkpoint_state.resume_from = resume_from_checkpoint
@@ -280,15 +281,22 @@ class SADCLTrainer(Trainer):
         """Saves a Hub-ready folder: weights (EMA by default when kept), config with label names, remote code, the
         image processor and the SADCL model card (README.md). Returns the saved model.
 
-        `summary`: [`record_training_summary`]'s `dataset_name` (which enables it), `stage`, `train_split`,
-        `eval_split`, `dataset_id`. The latest evaluation of the saved weights and the training arguments are
-        recorded with them in the saved config, for this card and every later one (e.g. `model.push_to_hub`).
+        `summary`: the card data's `dataset_name` (the dataset the results were measured on; without it the card
+        shows no results), `stage`, `train_split`, `eval_split`, `dataset_id`. With what [`ModelCardCallback`]
+        recorded (the latest evaluation of the saved weights, the training arguments) they become the saved model's
+        `model_card_data`, written as README.md and `model_card_data.json` for every later card (e.g. `push_to_hub`).
         """
         use_ema = self.ema is not None if use_ema is None else use_ema
-        model = self.ema.module if use_ema else self.accelerator.unwrap_model(self.model)
-        if summary.get("dataset_name"):
-            metrics = self.latest_evaluation("eval_ema" if use_ema else "eval")
-            record_training_summary(model, metrics, training_args=self.args, **summary)
+        raw = self.accelerator.unwrap_model(self.model)
+        model = self.ema.module if use_ema else raw
+        card_data = dataclasses.replace(model_card_data_of(raw), uses_ema_weights=use_ema)
+        for name, value in summary.items():
+            if not hasattr(card_data, name):
+                raise TypeError(f"save_final_model got an unexpected card field {name!r}")
+            setattr(card_data, name, value if value is not None else getattr(card_data, name))
+        if not card_data.dataset_name:
+            card_data.metrics, card_data.ema_metrics = {}, {}
+        model.model_card_data = card_data
         if self.args.should_save:
             model.save_pretrained(output_dir)
             processor = image_processor if image_processor is not None else self.processing_class
@@ -323,7 +331,7 @@ class SADCLTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         dataset_name = dataset[0] if isinstance(dataset, list) else dataset
         metrics = self.latest_evaluation("eval")
-        if metrics and not (dataset_name or (model.config.training_summary or {}).get("dataset_name")):
+        if metrics and not (dataset_name or model_card_data_of(model).dataset_name):
             raise ValueError(
                 "the model card's model-index needs the evaluation dataset: pass dataset=... to push_to_hub "
                 "(or create_model_card)"
@@ -335,6 +343,6 @@ class SADCLTrainer(Trainer):
             dataset_name=dataset_name,
             training_args=self.args,
             model_id=getattr(self, "hub_model_id", None) or model_name,
-            license=license or "apache-2.0",
+            license=license,
             tags=[tags] if isinstance(tags, str) else tags,
         )
