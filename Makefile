@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo app benchmark clean
+.PHONY: install lint test demo app benchmark clean
 
 # Create .venv and install the package with its test tools; redone when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -13,6 +13,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# ruff, as configured in pyproject.toml [tool.ruff]: the lint rules, then the formatter's check (nothing is changed;
+# `ruff check --fix .` and `ruff format .` apply them).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(STAMP)
 	$(PY) -m pytest -q
