@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 import subprocess
@@ -9,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sadcl_hf import SADCLForImageClassification
+from sadcl_hf.hub import conversion
 from sadcl_hf.hub.conversion import convert_official_checkpoint, convert_official_state_dict
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_official_checkpoint.py"
@@ -112,3 +114,32 @@ def test_non_finite_tensors_are_refused_naming_the_tensor(key, value, tmp_path):
     with pytest.raises(ValueError, match=re.escape(key)):
         convert_official_checkpoint(tmp_path / "damaged.safetensors", tmp_path / "out")
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_a_backbone_family_is_one_table_entry(monkeypatch):
+    """Each family is found by its marker key; an unknown backbone's error lists every entry; a new family (here the
+    torchvision ResNet under another prefix) converts once its one `BACKBONE_FAMILIES` entry is added."""
+    for family in conversion.BACKBONE_FAMILIES:
+        assert conversion.backbone_family({family.marker: torch.zeros(1)}) is family
+    unknown = {"query_embed.weight": torch.zeros(5, 8), "backbone.0.trunk.conv1.weight": torch.zeros(1)}
+    with pytest.raises(ValueError, match="unsupported official backbone") as error:
+        convert_official_state_dict(unknown)
+    assert all(family.marker in str(error.value) for family in conversion.BACKBONE_FAMILIES)
+
+    state_dict = load_file(RESNET_FIXTURE)
+    resnet = conversion.backbone_family(state_dict)
+    renamed = {key.replace("backbone.0.body.", "backbone.0.trunk."): value for key, value in state_dict.items()}
+
+    def trunk_architecture(trunk_state_dict, image_size, backbone_num_heads):
+        body = {key.replace("backbone.0.trunk.", "backbone.0.body."): value for key, value in trunk_state_dict.items()}
+        return resnet.architecture(body, image_size, backbone_num_heads)
+
+    trunk = dataclasses.replace(
+        resnet, name="trunk", marker="backbone.0.trunk.conv1.weight", prefix="backbone.0.trunk.",
+        architecture=trunk_architecture,
+    )  # fmt: skip
+    monkeypatch.setattr(conversion, "BACKBONE_FAMILIES", (*conversion.BACKBONE_FAMILIES, trunk))
+    config, converted = convert_official_state_dict(renamed)
+    expected_config, expected = convert_official_state_dict(state_dict)
+    assert config.to_diff_dict() == expected_config.to_diff_dict()
+    assert converted.keys() == expected.keys() and all(torch.equal(converted[key], expected[key]) for key in expected)

@@ -4,7 +4,8 @@ checkpoints to sadcl-hf folders.
 Both releases share Query2Label's key layout: `backbone.0.*` (the backbone), `backbone.1.pe` (a sine position table for
 one image size, recomputed here for any size), `input_proj.*`, `transformer.*`, `query_embed.weight`, `fc.W`/`fc.b`,
 and for SADCL `proj_head.*`, `prototype` and `memorybank`. The backbone family and every size are inferred from the
-tensors; the backbone's weights are renamed to the library model with the same weights layout:
+tensors; the backbone's weights are renamed to the library model with the same weights layout (one `BACKBONE_FAMILIES`
+entry per family):
 
 | family (Query2Label zoo) | library model | renaming |
 |---|---|---|
@@ -22,7 +23,7 @@ import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,7 +32,10 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from ..configuration_sadcl import SADCLConfig
 
 __all__ = [
+    "BACKBONE_FAMILIES",
+    "BackboneFamily",
     "Q2L_MODEL_ZOO",
+    "backbone_family",
     "convert_official_checkpoint",
     "convert_official_state_dict",
     "label_names_for_dataset",
@@ -204,7 +208,7 @@ def _count(state_dict: dict, pattern: str) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def _resnet_backbone(state_dict: dict) -> dict[str, Any]:
+def _resnet_architecture(state_dict: dict, image_size: int, backbone_num_heads: list[int] | None) -> dict[str, Any]:
     """torchvision ResNet under `backbone.0.body.` -> timm `resnet*` fields; non-standard depths/widths (the reduced
     fixtures) go through `backbone_kwargs` (`layers`, `channels`)."""
     prefix = "backbone.0.body."
@@ -219,7 +223,7 @@ def _resnet_backbone(state_dict: dict) -> dict[str, Any]:
     return {"backbone": name, "backbone_kwargs": kwargs}
 
 
-def _tresnet_backbone(state_dict: dict) -> dict[str, Any]:
+def _tresnet_architecture(state_dict: dict, image_size: int, backbone_num_heads: list[int] | None) -> dict[str, Any]:
     """Official TResNet under `backbone.0.body.body.` -> timm `tresnet_*` fields (v2: Bottleneck blocks in every
     stage); other sizes through `backbone_kwargs` (`layers`, `width_factor`)."""
     prefix = "backbone.0.body.body."
@@ -234,7 +238,7 @@ def _tresnet_backbone(state_dict: dict) -> dict[str, Any]:
     return {"backbone": name, "backbone_kwargs": kwargs, "backbone_frozen_stages": -1}
 
 
-def _swin_backbone(state_dict: dict, image_size: int) -> dict[str, Any]:
+def _swin_architecture(state_dict: dict, image_size: int, backbone_num_heads: list[int] | None) -> dict[str, Any]:
     """Official Swin under `backbone.0.` -> timm `swin_large_patch4_window12_384` with the sizes read from the
     tensors (heads from the relative-position tables, window from their length) and the final norm. The official
     model only runs at its training size; `dynamic_img_size` builds the attention masks for any input size."""
@@ -260,7 +264,7 @@ def _swin_backbone(state_dict: dict, image_size: int) -> dict[str, Any]:
     }
 
 
-def _cvt_backbone(state_dict: dict, backbone_num_heads: list[int] | None) -> dict[str, Any]:
+def _cvt_architecture(state_dict: dict, image_size: int, backbone_num_heads: list[int] | None) -> dict[str, Any]:
     """Official CvT under `backbone.0.` -> a transformers `CvtConfig` (QuickGELU) with the final norm. The per-stage
     heads are not in the weights: `backbone_num_heads`, else those of the published CvT of that width."""
     from transformers import CvtConfig
@@ -300,53 +304,119 @@ def _cvt_backbone(state_dict: dict, backbone_num_heads: list[int] | None) -> dic
     }
 
 
-def _backbone_family(state_dict: dict) -> str:
-    if "backbone.0.body.conv1.weight" in state_dict:
-        return "resnet"
-    if "backbone.0.body.body.conv1.0.weight" in state_dict:
-        return "tresnet"
-    if "backbone.0.patch_embed.proj.weight" in state_dict:
-        return "swin"
-    if "backbone.0.stage0.patch_embed.proj.weight" in state_dict:
-        return "cvt"
-    raise ValueError(
-        "unsupported official backbone: expected a torchvision ResNet ('backbone.0.body.conv1.weight'), a TResNet "
-        "('backbone.0.body.body.conv1.0.weight'), a Swin ('backbone.0.patch_embed.proj.weight') or a CvT "
-        "('backbone.0.stage0.patch_embed.proj.weight')"
-    )
-
-
-# ------------------------------------------------------------------------------------------------------ renaming
-def _official_backbone_keys(family: str, backbone_state: dict, config: SADCLConfig) -> dict[str, torch.Tensor]:
-    """Official backbone tensors (prefix removed) -> the full library model's names (timm / transformers)."""
-    if family in ("tresnet", "swin"):
-        import timm
-
-        filter_fn = getattr(timm.models, "tresnet" if family == "tresnet" else "swin_transformer").checkpoint_filter_fn
-        with torch.device("meta"):
-            full_model = timm.create_model(config.backbone, pretrained=False, **(config.backbone_kwargs or {}))
-        return filter_fn(backbone_state, full_model)
-    if family == "cvt":
-        renamed = {}
-        for key, value in backbone_state.items():
-            for pattern, replacement in _CVT_RULES:
-                if re.search(pattern, key):
-                    renamed[re.sub(pattern, replacement, key)] = value
-                    break
-            else:
-                raise ValueError(f"unexpected tensor in the official CvT backbone: 'backbone.0.{key}'")
-        return renamed
+def _same_keys(backbone_state: dict, config: SADCLConfig) -> dict[str, torch.Tensor]:
+    """torchvision ResNet names are timm's `resnet*` names already."""
     return backbone_state
 
 
-def _rename_backbone(family: str, state_dict: dict, config: SADCLConfig) -> dict[str, torch.Tensor]:
+def _timm_filter_keys(module: str) -> Callable[[dict, SADCLConfig], dict[str, torch.Tensor]]:
+    """Renaming by timm's `checkpoint_filter_fn` of `timm.models.<module>`, which maps the official layout of that
+    family to timm's (it reads the full model's shapes, built here on the meta device)."""
+
+    def official_keys(backbone_state: dict, config: SADCLConfig) -> dict[str, torch.Tensor]:
+        import timm
+
+        filter_fn = getattr(timm.models, module).checkpoint_filter_fn
+        with torch.device("meta"):
+            full_model = timm.create_model(config.backbone, pretrained=False, **(config.backbone_kwargs or {}))
+        return filter_fn(backbone_state, full_model)
+
+    return official_keys
+
+
+def _cvt_keys(backbone_state: dict, config: SADCLConfig) -> dict[str, torch.Tensor]:
+    """Official CvT names -> transformers `CvtModel` names (`_CVT_RULES`)."""
+    renamed = {}
+    for key, value in backbone_state.items():
+        for pattern, replacement in _CVT_RULES:
+            if re.search(pattern, key):
+                renamed[re.sub(pattern, replacement, key)] = value
+                break
+        else:
+            raise ValueError(f"unexpected tensor in the official CvT backbone: 'backbone.0.{key}'")
+    return renamed
+
+
+@dataclass(frozen=True)
+class BackboneFamily:
+    """What the converter knows of one official backbone family; adding a family is one entry of
+    `BACKBONE_FAMILIES` (and a parity fixture under tests/fixtures/q2l).
+
+    Args:
+        name: the family's name (`"resnet"`, ...).
+        description: how error messages name it (`"a torchvision ResNet"`).
+        marker: a key only this family's official state dicts hold.
+        prefix: the prefix of its tensors in the official state dict (removed before `official_keys`).
+        architecture: `(state_dict, image_size, backbone_num_heads) -> SADCLConfig` backbone fields, read from the
+            tensors (`backbone_num_heads`: per-stage heads, for families that do not store them).
+        official_keys: `(backbone tensors without prefix, config) -> the same tensors under the full library
+            model's names` (timm / transformers).
+        stride: the backbone's output stride: the official position table `backbone.1.pe` covers image_size/stride.
+    """
+
+    name: str
+    description: str
+    marker: str
+    prefix: str
+    architecture: Callable[[dict, int, list[int] | None], dict[str, Any]]
+    official_keys: Callable[[dict, SADCLConfig], dict[str, torch.Tensor]] = _same_keys
+    stride: int = 32
+
+    def detect(self, state_dict: dict) -> bool:
+        """Whether `state_dict` is an official checkpoint of this family."""
+        return self.marker in state_dict
+
+
+BACKBONE_FAMILIES: tuple[BackboneFamily, ...] = (
+    BackboneFamily(
+        "resnet", "a torchvision ResNet", "backbone.0.body.conv1.weight", "backbone.0.body.", _resnet_architecture
+    ),
+    BackboneFamily(
+        "tresnet",
+        "a TResNet",
+        "backbone.0.body.body.conv1.0.weight",
+        "backbone.0.body.",
+        _tresnet_architecture,
+        _timm_filter_keys("tresnet"),
+    ),
+    BackboneFamily(
+        "swin",
+        "a Swin",
+        "backbone.0.patch_embed.proj.weight",
+        "backbone.0.",
+        _swin_architecture,
+        _timm_filter_keys("swin_transformer"),
+    ),
+    BackboneFamily(
+        "cvt",
+        "a CvT",
+        "backbone.0.stage0.patch_embed.proj.weight",
+        "backbone.0.",
+        _cvt_architecture,
+        _cvt_keys,
+        stride=16,
+    ),
+)
+
+
+def backbone_family(state_dict: dict) -> BackboneFamily:
+    """The entry of `BACKBONE_FAMILIES` whose marker key `state_dict` holds."""
+    for family in BACKBONE_FAMILIES:
+        if family.detect(state_dict):
+            return family
+    expected = [f"{family.description} ('{family.marker}')" for family in BACKBONE_FAMILIES]
+    raise ValueError(f"unsupported official backbone: expected {', '.join(expected[:-1])} or {expected[-1]}")
+
+
+# ------------------------------------------------------------------------------------------------------ renaming
+def _rename_backbone(family: BackboneFamily, state_dict: dict, config: SADCLConfig) -> dict[str, torch.Tensor]:
     """Backbone tensors -> `sadcl.backbone.*` keys of the model `config` builds. timm's `features_only` wrapper joins
     the first name levels of a flattened module with `_` (`layers.0` -> `layers_0`); names are matched up to that.
     The final norm (`backbone.0.norm`) goes to the model's own `backbone.norm`; InPlaceABN's `num_batches_tracked`
     has no slot in frozen BatchNorm and is dropped."""
     from ..modeling_sadcl import SADCLBackbone
 
-    prefix = {"resnet": "backbone.0.body.", "tresnet": "backbone.0.body."}.get(family, "backbone.0.")
+    prefix = family.prefix
     backbone_state = {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
     final_norm = {key: backbone_state.pop(key) for key in ("norm.weight", "norm.bias") if key in backbone_state}
     with torch.device("meta"):
@@ -357,7 +427,7 @@ def _rename_backbone(family: str, state_dict: dict, config: SADCLConfig) -> dict
 
     by_normalised = {normalise(key.removeprefix("body.")): key for key in targets if key.startswith("body.")}
     converted = {f"sadcl.backbone.norm.{key[5:]}": value for key, value in final_norm.items()}
-    for key, value in _official_backbone_keys(family, backbone_state, config).items():
+    for key, value in family.official_keys(backbone_state, config).items():
         target = by_normalised.get(normalise(key))
         if target is None:
             if key.endswith("num_batches_tracked"):
@@ -408,17 +478,11 @@ def convert_official_state_dict(
     num_labels, hidden_dim = query.shape
     if id2label is not None and len(id2label) != num_labels:
         raise ValueError(f"id2label has {len(id2label)} names but the checkpoint has {num_labels} classes")
-    family = _backbone_family(state_dict)
-    stride = 16 if family == "cvt" else 32
+    family = backbone_family(state_dict)
     if image_size is None:
         position = state_dict.get("backbone.1.pe")
-        image_size = int(position.shape[-1]) * stride if position is not None else 448
-    backbone_fields = {
-        "resnet": lambda: _resnet_backbone(state_dict),
-        "tresnet": lambda: _tresnet_backbone(state_dict),
-        "swin": lambda: _swin_backbone(state_dict, image_size),
-        "cvt": lambda: _cvt_backbone(state_dict, backbone_num_heads),
-    }[family]()
+        image_size = int(position.shape[-1]) * family.stride if position is not None else 448
+    backbone_fields = family.architecture(state_dict, image_size, backbone_num_heads)
     ffn_key = next(
         key for key in ("transformer.encoder.layers.0.linear1.weight", "transformer.decoder.layers.0.linear1.weight")
         if key in state_dict
