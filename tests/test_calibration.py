@@ -194,6 +194,23 @@ def test_check_dataset_labels_rejects_placeholder_names_and_names_the_model(tmp_
         check_dataset_labels(["a", "b", "c"], config)
 
 
+def test_label_names_have_one_reader_and_the_label_lists_one_home():
+    """`SADCLConfig.label_names` is the one way to read the names (checking that id2label names every class); the
+    benchmarks' class lists live in configuration_sadcl.py (remote code, presets) and data/ uses them from there."""
+    from sadcl_hf import COCO_LABELS, configuration_sadcl, data
+
+    config = SADCLConfig.from_preset("tiny", num_labels=3)
+    config.id2label = {0: "a", 2: "c"}
+    with pytest.raises(ValueError, match=r"id2label must name every class 0\.\.1; classes \[1\] have no name"):
+        config.label_names
+    assert COCO_LABELS is configuration_sadcl.COCO_LABELS
+    assert data.VOC_CLASSES is configuration_sadcl.VOC_CLASSES
+    assert data.NUS_WIDE_CONCEPTS is configuration_sadcl.NUS_WIDE_CONCEPTS
+    assert data.dataset_info("coco2014").label_names == tuple(COCO_LABELS)
+    assert data.dataset_info("digits-mosaic").label_names is configuration_sadcl.DIGIT_CLASSES
+    assert SADCLConfig.from_preset("tiny").label_names == list(configuration_sadcl.DIGIT_CLASSES)
+
+
 def test_every_caller_uses_the_one_dataset_label_check(tmp_path):
     """Training (a saved model, and the evaluation split), calibration, ONNX evaluation data, compute_prototypes and
     visualize_features all raise the same error (before: five wordings, some as SystemExit/parser errors)."""
