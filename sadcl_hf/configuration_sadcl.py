@@ -172,52 +172,114 @@ def _check_number_list(name: str, value: Any, length: int, expected: _Range) -> 
 
 @strict
 class SADCLConfig(PreTrainedConfig):
-    r"""Configuration of a SADCL model (Ma et al., ECAI 2023): a timm backbone, a Query2Label transformer that gives
-    one label-level feature per class, a group-wise linear classifier, a projector and class prototypes for the dual
-    contrastive objective. The defaults are the paper's MS-COCO model (`SADCLConfig.from_preset("paper-r101-448")`
-    adds the 80 COCO label names).
+    r"""Configuration of a [`SADCLForImageClassification`] (Ma et al., ECAI 2023): a backbone (timm, or transformers
+    as in DETR), a Query2Label transformer that gives one label-level feature [K, D] per class, a group-wise linear
+    classifier, a projector and class prototypes for the dual contrastive objective. The defaults are the paper's
+    MS-COCO model; `SADCLConfig.from_preset("paper-r101-448")` adds the 80 COCO label names, and `SADCL_PRESETS`
+    lists the named configurations.
+
+    The keyword arguments of [`PreTrainedConfig`] (`id2label`, `num_labels`, ...) name the K classes; `problem_type`
+    defaults to `"multi_label_classification"`, the only one SADCL supports. Each value is checked when the config is
+    built ([`~SADCLConfig.validate_architecture`]); a bad one raises `ValueError` naming the field.
 
     Args:
-        backbone (`str`): with `use_timm_backbone`, any timm model name (`timm.list_models()`); otherwise the Hub id
-            of the transformers model that `backbone_config` describes (its weights are loaded only with
+        backbone (`str`, *optional*, defaults to `"resnet101.tv_in1k"`):
+            With `use_timm_backbone`, any timm model name (`timm.list_models()`); otherwise the Hub id of the
+            transformers model that `backbone_config` describes (its weights are loaded only with
             `use_pretrained_backbone`). The backbone's last feature map feeds the transformer.
-        use_timm_backbone (`bool`): build the backbone with timm (the default) or, as in DETR, with transformers from
-            `backbone_config` (`AutoModel.from_config`; its `last_hidden_state` [B, C, h, w] is the feature map,
-            e.g. `CvtModel`).
-        backbone_config (`dict` or `PreTrainedConfig`, *optional*): the transformers backbone's configuration
-            (required when `use_timm_backbone=False`). An extra `hidden_act` entry replaces the backbone's `nn.GELU`
-            activations (Query2Label's CvT uses `"quick_gelu"`, which `CvtModel` hard-codes as GELU).
-        use_pretrained_backbone (`bool`): load the backbone's pretrained weights when the model is built from this
-            config. Never used by `from_pretrained`, whose checkpoint already holds the backbone.
-        backbone_kwargs (`dict`, *optional*): extra `timm.create_model` arguments (e.g. `{"output_stride": 16}`).
-        backbone_layer_norm (`bool`): a LayerNorm (eps 1e-5) over the channels of the backbone's feature map, the
-            final norm that Query2Label's Swin and CvT backbones apply (timm's `features_only` output and `CvtModel`
-            leave it out).
-        freeze_backbone_batch_norm (`bool`): replace BatchNorm by FrozenBatchNorm2d (statistics and affine fixed),
-            as the paper.
-        backbone_frozen_stages (`int`): freeze the backbone up to and including timm feature level N
-            (ResNets: 0 = stem, 1 = stem + layer1, the paper's setting); -1 trains everything.
-        image_size (`int`): training/evaluation resolution (square).
-        hidden_dim (`int`): transformer width D (= size of a label-level feature).
-        num_encoder_layers / num_decoder_layers / num_attention_heads / dim_feedforward / dropout: the transformer.
-        use_input_projection (`bool`, *optional*): 1x1 conv from the backbone's channels to `hidden_dim`;
-            `None` adds it only when the two differ (the official `keep_input_proj=False`).
-        projection_dim (`int`): output size of the contrastive projector (1024 in the paper).
-        image_mean / image_std (`list[float]`, *optional*): input normalisation; `None` takes the backbone's timm
-            `pretrained_cfg`.
-        objective (`str`): `"sadcl"` (ASL + SSCL + PSCL, eq. 12) or `"asl"` (the SARL baseline).
-        asl_gamma_neg / asl_gamma_pos / asl_clip / asl_eps: asymmetric loss settings (the released COCO run:
-            0, 0, 0, 1e-5).
-        sscl_weight / pscl_weight (`float`): loss weights (100 and 50 in the paper).
-        sscl_temperature / sscl_base_temperature / pscl_temperature (`float`): contrastive temperatures.
-        sscl_mode (`str`): `"reference"` (the released code, the paper's numbers) or `"corrected"` (the paper's
-            equation).
-        gather_contrastive_features (`bool`): in multi-process training, SSCL and PSCL contrast the features of all
-            processes (differentiable all-gather) instead of each process's own batch (the paper's behaviour).
-        memory_bank_threshold (`float`): a positive label-level feature enters the memory bank when sigmoid(logit)
-            exceeds it.
-        prototype_threshold (`float`): confidence a positive needs to contribute to a class prototype.
-        thresholds (`list[float]`, *optional*): per-class decision thresholds (calibrated); `None` means 0.5 everywhere.
+        use_timm_backbone (`bool`, *optional*, defaults to `True`):
+            Build the backbone with timm, or (`False`), as in DETR, with transformers from `backbone_config`.
+        backbone_config (`dict` or `PreTrainedConfig`, *optional*, defaults to `None`):
+            The transformers backbone's configuration, required exactly when `use_timm_backbone=False`; a dict needs
+            a `model_type` entry. An extra `hidden_act` entry replaces the backbone's `nn.GELU` activations
+            (Query2Label's CvT uses `"quick_gelu"`, which `CvtModel` hard-codes as GELU).
+        use_pretrained_backbone (`bool`, *optional*, defaults to `True`):
+            Load the backbone's pretrained weights when a model is built from this config. Never used by
+            `from_pretrained`, whose checkpoint already holds the backbone.
+        backbone_kwargs (`dict`, *optional*, defaults to `None`):
+            Extra `timm.create_model` arguments, e.g. `{"output_stride": 16}`.
+        backbone_layer_norm (`bool`, *optional*, defaults to `False`):
+            A LayerNorm (eps 1e-5) over the channels of the backbone's feature map: the final norm that Query2Label's
+            Swin and CvT backbones apply (timm's `features_only` output and `CvtModel` leave it out).
+        freeze_backbone_batch_norm (`bool`, *optional*, defaults to `True`):
+            Replace BatchNorm by FrozenBatchNorm2d (statistics and affine fixed), as the paper does.
+        backbone_frozen_stages (`int`, *optional*, defaults to `1`):
+            Freeze the backbone up to and including timm feature level N (ResNets: 0 = stem, 1 = stem + layer1, the
+            paper's setting); -1 trains everything.
+        image_size (`int`, *optional*, defaults to `448`):
+            Training and evaluation resolution (square side, pixels).
+        hidden_dim (`int`, *optional*, defaults to `2048`):
+            Transformer width D, the size of a label-level feature; divisible by `num_attention_heads` and even (sine
+            position encoding).
+        num_encoder_layers (`int`, *optional*, defaults to `1`):
+            Transformer encoder layers over the backbone's feature map (0: none).
+        num_decoder_layers (`int`, *optional*, defaults to `2`):
+            Transformer decoder layers in which the K label queries attend to the image features.
+        num_attention_heads (`int`, *optional*, defaults to `4`):
+            Attention heads of every transformer layer.
+        dim_feedforward (`int`, *optional*, defaults to `8192`):
+            Hidden size of the transformer layers' feed-forward blocks.
+        dropout (`float`, *optional*, defaults to `0.1`):
+            Dropout probability in the transformer layers (attention weights, residual branches, feed-forward).
+        use_input_projection (`bool`, *optional*, defaults to `None`):
+            A 1x1 convolution from the backbone's channels to `hidden_dim`; `None` adds it only when the two differ
+            (the official `keep_input_proj=False`).
+        projection_dim (`int`, *optional*, defaults to `1024`):
+            Output size of the contrastive projector (1024 in the paper).
+        image_mean (`list[float]`, *optional*, defaults to `None`):
+            Per-channel input normalisation mean (3 values); `None` takes the backbone's (timm `pretrained_cfg`).
+        image_std (`list[float]`, *optional*, defaults to `None`):
+            Per-channel input normalisation standard deviation (3 positive values); `None` takes the backbone's.
+        objective (`str`, *optional*, defaults to `"sadcl"`):
+            `"sadcl"` (ASL + SSCL + PSCL, eq. 12) or `"asl"` (the SARL baseline, stage 1 of the recipe).
+        asl_gamma_neg (`float`, *optional*, defaults to `0.0`):
+            Asymmetric loss focusing exponent of the negatives (the released COCO run: 0).
+        asl_gamma_pos (`float`, *optional*, defaults to `0.0`):
+            Asymmetric loss focusing exponent of the positives.
+        asl_clip (`float`, *optional*, defaults to `0.0`):
+            Asymmetric loss probability margin: negatives' probabilities are shifted down by it (0: no shift).
+        asl_eps (`float`, *optional*, defaults to `1e-5`):
+            Asymmetric loss clamp of the probabilities inside the logarithms.
+        sscl_weight (`float`, *optional*, defaults to `100.0`):
+            Weight of the sample-to-sample contrastive loss in the objective (100 in the paper).
+        pscl_weight (`float`, *optional*, defaults to `50.0`):
+            Weight of the prototype-to-sample contrastive loss in the objective (50 in the paper).
+        sscl_temperature (`float`, *optional*, defaults to `0.2`):
+            Temperature of the sample-to-sample contrastive loss.
+        sscl_base_temperature (`float`, *optional*, defaults to `0.2`):
+            Base temperature of the sample-to-sample contrastive loss (the loss is scaled by temperature / base).
+        sscl_mode (`str`, *optional*, defaults to `"reference"`):
+            One of `SSCL_MODES`: `"reference"` (as the released code, the paper's numbers) or `"corrected"` (as the
+            paper's equation).
+        pscl_temperature (`float`, *optional*, defaults to `0.07`):
+            Temperature of the prototype-to-sample contrastive loss.
+        gather_contrastive_features (`bool`, *optional*, defaults to `False`):
+            In multi-process training, SSCL and PSCL contrast the features of all processes (differentiable
+            all-gather) instead of each process's own batch (the paper's behaviour).
+        memory_bank_threshold (`float`, *optional*, defaults to `0.8`):
+            A positive label-level feature enters the memory bank when its sigmoid(logit) exceeds this.
+        prototype_threshold (`float`, *optional*, defaults to `0.85`):
+            Probability a positive needs to contribute to its class prototype (stage-2 initialisation, online
+            prototypes).
+        thresholds (`list[float]`, *optional*, defaults to `None`):
+            Per-class decision thresholds [K] in [0, 1] (calibrated, `sadcl_hf.analysis.calibration`); `None` means
+            0.5 for every class.
+        initializer_range (`float`, *optional*, defaults to `0.02`):
+            transformers' standard initialiser scale, kept for its utilities; SADCL's own layers use Query2Label's
+            initialisation (Xavier-uniform) and do not read it.
+
+    Example:
+
+    ```python
+    >>> from sadcl_hf import SADCLConfig, SADCLForImageClassification
+
+    >>> # the paper's MS-COCO model: ResNet-101 at 448 px, 80 classes
+    >>> config = SADCLConfig.from_preset("paper-r101-448", use_pretrained_backbone=False)
+    >>> model = SADCLForImageClassification(config)
+
+    >>> # a small model for three classes of your own
+    >>> config = SADCLConfig.from_preset("tiny", id2label={0: "cat", 1: "dog", 2: "car"})
+    ```
     """
 
     model_type = "sadcl"
