@@ -19,6 +19,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from sadcl_hf.hub.push import stage_model_folder
 from sadcl_hf.model_card import model_card_data_of, record_training_summary
 from sadcl_hf.training.arguments import ModelArguments, SADCLTrainingArguments
 from sadcl_hf.training.recipe import build_model, parse_arguments, run_training
@@ -160,6 +161,11 @@ def test_two_stage_recipe_end_to_end(tmp_path, data_options):
     assert {r.metric_type: r.metric_value for r in card.data.eval_results}["map"] == round(metrics["eval_ema_map"], 2)
     assert f"exponential moving average of the trained\nweights (decay {ema_decay})" in card.text
     assert "Optimisation steps: 2" in card.text and "| max_steps | 2 |" in card.text
+    # pushing the folder publishes that card (scripts/push_to_hub.py stages it for the repository)
+    stage_model_folder(stage2 / "model", tmp_path / "staged", "tester/sadcl-digits")
+    staged = ModelCard.load(tmp_path / "staged" / "README.md")
+    assert staged.data.model_name == "tester/sadcl-digits" and staged.data.eval_results == card.data.eval_results
+    assert "training_summary" not in json.loads((tmp_path / "staged" / "config.json").read_text())
 
 
 def test_stage_sadcl_without_stage_one_model_is_explained(tmp_path, data_options):
