@@ -11,10 +11,9 @@ import pytest
 import torch
 from transformers import AutoConfig, pipeline
 
-from sadcl_hf import MULTI_LABEL_TASK, calibrate_thresholds, load_thresholds
+from sadcl_hf import MULTI_LABEL_TASK, SADCLConfig, calibrate_thresholds, load_thresholds
 from sadcl_hf.analysis.calibration import format_calibration_report, predict_scores
 from sadcl_hf.data.common import multilabel_features
-from sadcl_hf import SADCLConfig
 from sadcl_hf.evaluation import (
     DEFAULT_THRESHOLD,
     MultiLabelMetrics,
@@ -202,7 +201,7 @@ def test_label_names_have_one_reader_and_the_label_lists_one_home():
     config = SADCLConfig.from_preset("tiny", num_labels=3)
     config.id2label = {0: "a", 2: "c"}
     with pytest.raises(ValueError, match=r"id2label must name every class 0\.\.1; classes \[1\] have no name"):
-        config.label_names
+        _ = config.label_names
     assert COCO_LABELS is configuration_sadcl.COCO_LABELS
     assert data.VOC_CLASSES is configuration_sadcl.VOC_CLASSES
     assert data.NUS_WIDE_CONCEPTS is configuration_sadcl.NUS_WIDE_CONCEPTS
