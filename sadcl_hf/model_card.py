@@ -31,8 +31,7 @@ import timm
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .data.loading import dataset_info
-from .evaluation import METRIC_TITLES, metric_title, split_metric_name
-from .evaluation import MULTI_LABEL_TASK
+from .evaluation import METRIC_TITLES, MULTI_LABEL_TASK, metric_title, split_metric_name
 
 __all__ = [
     "CARD_DATA_NAME",

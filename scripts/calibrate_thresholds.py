@@ -21,10 +21,10 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from sadcl_hf import calibrate_thresholds
-from sadcl_hf.model_card import CARD_DATA_NAME, add_calibration_to_model_card
 from sadcl_hf.analysis.calibration import format_calibration_report
 from sadcl_hf.cli import run_script
 from sadcl_hf.data import load_multilabel_dataset
+from sadcl_hf.model_card import CARD_DATA_NAME, add_calibration_to_model_card
 
 
 def main(argv: list[str] | None = None) -> int:
