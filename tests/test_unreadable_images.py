@@ -10,6 +10,7 @@ import PIL.Image
 import pytest
 import torch
 
+from sadcl_hf import SADCLForImageClassification
 from sadcl_hf.data import (
     ImageLoadError,
     MultiLabelCollator,
@@ -17,13 +18,15 @@ from sadcl_hf.data import (
     multilabel_features,
     read_unreadable_list,
 )
+from sadcl_hf.evaluation import mean_average_precision
+from sadcl_hf.image_processing import eval_collator_for_config, evaluation_dataloader
 
 from .conftest import run_script
 
 
-def write_folder(root: Path, num_train: int, corrupt: set[int]) -> Path:
-    """`root/{train,validation}/metadata.csv` over 16x16 PNGs labelled red/blue; `train/NNNN.png` for `corrupt` are
-    garbage bytes."""
+def write_folder(root: Path, num_train: int, corrupt: set[int], corrupt_validation: frozenset[int] = frozenset()) -> Path:
+    """`root/{train,validation}/metadata.csv` over 16x16 PNGs labelled red/blue; `train/NNNN.png` for `corrupt` (and
+    `validation/NNNN.png` for `corrupt_validation`) are garbage bytes."""
     rng = np.random.default_rng(0)
     for split, count in (("train", num_train), ("validation", 8)):
         folder = root / split
@@ -31,7 +34,7 @@ def write_folder(root: Path, num_train: int, corrupt: set[int]) -> Path:
         rows = ["file_name,labels"]
         for index in range(count):
             path = folder / f"{index:04d}.png"
-            if split == "train" and index in corrupt:
+            if index in (corrupt if split == "train" else corrupt_validation):
                 path.write_bytes(b"\x89PNG this is not an image")
             else:
                 PIL.Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path)
@@ -143,3 +146,106 @@ def test_dataloader_workers_share_the_list_and_stop_with_a_one_line_error(tmp_pa
     with pytest.raises(TooManyUnreadableImagesError) as raised:
         list(torch.utils.data.DataLoader(examples, batch_size=4, num_workers=1, collate_fn=strict))
     assert str(raised.value).startswith("2 of the 4 images seen were unreadable") and "\n" not in str(raised.value)
+
+
+def test_two_stage_run_skips_an_unreadable_validation_and_training_image(tmp_path):
+    """Per-epoch evaluation drops the unreadable validation image from the metrics; the stage-2 prototypes over the
+    training set skip the unreadable training image; each file is named once and listed; the runs finish."""
+    root = write_folder(tmp_path / "data", num_train=16, corrupt={5}, corrupt_validation=frozenset({3}))
+    bad_train, bad_validation = root / "train" / "0005.png", root / "validation" / "0003.png"
+    epochs = ["--max_steps", "-1", "--num_train_epochs", "2", "--eval_strategy", "epoch", "--use_ema", "false"]
+    stage1 = run_script("train", train_arguments(root, tmp_path / "stage1", *epochs, "--stage", "baseline"))
+    assert stage1.returncode == 0, stage1.stderr[-3000:]
+    stage2 = run_script(
+        "train",
+        train_arguments(
+            root, tmp_path / "stage2", *epochs, "--stage", "sadcl", "--model_name_or_path", tmp_path / "stage1" / "model"
+        ),
+    )
+    assert stage2.returncode == 0, stage2.stderr[-3000:]
+    for result, run in ((stage1, tmp_path / "stage1"), (stage2, tmp_path / "stage2")):
+        for bad in (bad_train, bad_validation):  # met by the prototypes, 2 epochs of training and 2 evaluations
+            assert result.stderr.count(f"Skipping unreadable image {bad}") == 1
+        assert sorted(read_unreadable_list(run / "unreadable_images.txt")) == sorted([str(bad_train), str(bad_validation)])
+        assert json.loads((run / "all_results.json").read_text())["train_unreadable_images"] == 2
+    assert (tmp_path / "stage2" / "prototypes.safetensors").is_file()
+
+    # the reported mAP is that of the final model over the 7 readable validation images, none duplicated
+    model = SADCLForImageClassification.from_pretrained(tmp_path / "stage2" / "model").eval()
+    readable = [row for row in (root / "validation" / "metadata.csv").read_text().splitlines()[1:] if "0003" not in row]
+    names = model.config.label_names
+    targets = np.array([[name in row.split(",")[1].split("|") for name in names] for row in readable], dtype=float)
+    with torch.no_grad():
+        pixels = torch.stack(
+            [eval_collator_for_config(model.config)([{"image": str(root / "validation" / row.split(",")[0]),
+                                                       "labels": []}])["pixel_values"][0] for row in readable]
+        )  # fmt: skip
+        scores = torch.sigmoid(model(pixel_values=pixels).logits).numpy()
+    reported = json.loads((tmp_path / "stage2" / "all_results.json").read_text())["eval_map"]
+    assert reported == pytest.approx(mean_average_precision(scores, targets), abs=1e-4)
+
+
+def test_evaluation_drops_an_unreadable_image_and_its_label_row(tmp_path, caplog):
+    examples, (bad,) = _examples(tmp_path, num_good=3, bad_names=["bad.png"])
+    listing = tmp_path / "unreadable.txt"
+    model_config = SADCLForImageClassification.config_class.from_preset(
+        "tiny", id2label={0: "a", 1: "b"}, use_pretrained_backbone=False, image_size=32
+    )
+    collator = eval_collator_for_config(model_config, max_unreadable_fraction=0.5, unreadable_list=listing)
+    with caplog.at_level(logging.WARNING):
+        batch = collator(examples)
+        empty = collator(examples[3:])  # a batch of only unreadable images is empty, not a duplicate
+    assert batch["pixel_values"].shape == (3, 3, 32, 32) and torch.equal(batch["labels"], torch.tensor([[1.0, 0]] * 3))
+    assert empty["pixel_values"].shape == (0, 3, 32, 32) and empty["labels"].shape == (0, 2)
+    assert caplog.text.count(f"Skipping unreadable image {bad}") == 1
+    assert read_unreadable_list(listing) == [str(bad)]
+    with pytest.raises(ImageLoadError, match=r"bad\.png"):
+        eval_collator_for_config(model_config)(examples)  # the default 0: the first unreadable image raises
+
+
+def test_image_load_error_from_a_dataloader_worker_is_one_line(tmp_path):
+    examples, (bad,) = _examples(tmp_path, num_good=1, bad_names=["bad.png"])
+    loader = torch.utils.data.DataLoader(examples, batch_size=2, num_workers=1, collate_fn=MultiLabelCollator(2))
+    with pytest.raises(ImageLoadError) as raised:
+        list(loader)
+    assert str(raised.value).startswith(f"Cannot load image {bad}: ") and "\n" not in str(raised.value)
+    assert raised.value.source == str(bad) and "not a recognised image format" in raised.value.reason
+
+
+def test_unreadable_fraction_is_the_runs_across_dataloader_workers(tmp_path):
+    """Two workers each meet one unreadable file among 4 images: per worker that is one file (never stops), for the
+    run 2 of 8 = 25% > 20%: the run stops."""
+    examples, bad_paths = _examples(tmp_path, num_good=6, bad_names=["x.png", "y.png"])
+    ordered = examples[:3] + examples[6:7] + examples[3:6] + examples[7:8]  # a bad image in each batch of 4
+    listing = tmp_path / "unreadable.txt"
+    collator = MultiLabelCollator(2, max_unreadable_fraction=0.2, unreadable_list=listing)
+    loader = torch.utils.data.DataLoader(ordered, batch_size=4, num_workers=2, collate_fn=collator)
+    with pytest.raises(TooManyUnreadableImagesError, match=r"^2 of the 8 images seen were unreadable"):
+        list(loader)
+    tolerant = MultiLabelCollator(2, max_unreadable_fraction=0.3, unreadable_list=tmp_path / "tolerant.txt")
+    loader = torch.utils.data.DataLoader(ordered, batch_size=4, num_workers=2, collate_fn=tolerant)
+    assert sum(len(batch["labels"]) for batch in loader) == 8
+
+
+def test_evaluation_and_prototypes_survive_a_batch_of_only_unreadable_images(tmp_path):
+    """A batch whose every image is unreadable is empty: evaluation predicts nothing for it, prototypes skip it."""
+    from sadcl_hf.training.arguments import SADCLTrainingArguments
+    from sadcl_hf.training.prototypes import compute_dataset_prototypes
+    from sadcl_hf.training.trainer import SADCLTrainer
+
+    from .conftest import make_tiny_model
+
+    examples, _ = _examples(tmp_path, num_good=2, bad_names=["x.png", "y.png"])
+    dataset = datasets.Dataset.from_list(
+        examples[2:] + examples[:2], features=multilabel_features(["a", "b"])
+    ).cast_column("image", datasets.Image(decode=False))
+    model = make_tiny_model(num_labels=2, image_size=32).eval()
+    collator = eval_collator_for_config(model.config, max_unreadable_fraction=1.0)
+    arguments = SADCLTrainingArguments(
+        output_dir=str(tmp_path / "run"), per_device_eval_batch_size=2, report_to=[], use_cpu=True, use_ema=False
+    )
+    trainer = SADCLTrainer(model=model, args=arguments, data_collator=collator, eval_data_collator=collator)
+    prediction = trainer.predict(dataset)
+    assert prediction.predictions.shape == (2, 2) and np.array_equal(prediction.label_ids, [[1, 0], [1, 0]])
+    prototypes, counts = compute_dataset_prototypes(model, dataset, batch_size=2, max_unreadable_fraction=1.0)
+    assert prototypes.shape == model.prototypes.shape[-2:] and counts.shape == (2,)

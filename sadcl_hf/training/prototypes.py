@@ -257,6 +257,8 @@ def compute_prototypes(
                 raise KeyError(
                     f"compute_prototypes: batch {step} has no {missing}; expected keys 'pixel_values' and 'labels'."
                 )
+            if len(batch["labels"]) == 0:  # every image of the batch was unreadable (dropped by the collator)
+                continue
             outputs = model(pixel_values=batch["pixel_values"].to(device))
             logits = _get_output(outputs, "logits")
             label_features = _get_output(outputs, "label_features")
