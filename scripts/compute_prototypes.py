@@ -16,8 +16,8 @@ from sadcl_hf import SADCLForImageClassification
 from sadcl_hf.cli import run_script
 from sadcl_hf.data import dataset_label_names
 from sadcl_hf.evaluation import check_dataset_labels
-from sadcl_hf.training.prototypes import compute_dataset_prototypes, save_prototypes
 from sadcl_hf.training.arguments import DataArguments
+from sadcl_hf.training.prototypes import compute_dataset_prototypes, save_prototypes
 from sadcl_hf.training.recipe import default_splits, load_split, read_config_file
 
 

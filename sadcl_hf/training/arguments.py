@@ -42,7 +42,7 @@ class ModelArguments:
         metadata={
             "choices": STAGES,
             "help": "'baseline': SARL + ASL (stage 1); 'sadcl': full objective from a stage-1 model and its prototypes "
-            "(stage 2); 'single': full objective from scratch with online prototypes."
+            "(stage 2); 'single': full objective from scratch with online prototypes.",
         },
     )
     preset: str = field(
@@ -126,7 +126,6 @@ class DataArguments:
 
     def __post_init__(self):
         self.dataset_options = _json_mapping(self.dataset_options, "--dataset_options")
-
 
 
 @dataclass
