@@ -206,6 +206,13 @@ class SADCLTrainer(Trainer):
         finally:
             self.model = raw
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """An empty batch (every image unreadable, dropped by the evaluation collator) predicts nothing."""
+        labels = inputs.get("labels")
+        if labels is not None and len(labels) == 0:
+            return None, (None if prediction_loss_only else labels), (None if prediction_loss_only else labels)
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """Metrics of the raw model (`{prefix}_*`) and, with EMA, of the EMA weights (`{prefix}_ema_*`)."""
         metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
