@@ -262,5 +262,11 @@ def test_calibrate_script_saves_thresholds_into_the_model_folder(tiny_model_dir,
     assert config.thresholds == pytest.approx(list(report["thresholds"].values()))
     assert len(config.thresholds) == 5
     assert set(config.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
+    # the calibration goes to the model card data and its README, not to the config
+    card_data = json.loads((model_dir / "model_card_data.json").read_text())
+    assert card_data["calibration"]["num_images"] == 12 and card_data["calibration"]["split"] == "validation"
+    assert card_data["calibration"]["after"]["cf1"] == pytest.approx(report["after"]["cf1"])
+    assert "### Threshold calibration" in (model_dir / "README.md").read_text()
+    assert "training_summary" not in json.loads((model_dir / "config.json").read_text())
     tagger = pipeline(MULTI_LABEL_TASK, model=str(model_dir), device="cpu")
     np.testing.assert_allclose(tagger.decision_thresholds(), config.thresholds)
