@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import numbers
 import os
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional, Union
 
@@ -56,12 +57,12 @@ class MultiLabelCollator:
     (`gather_contrastive_features` needs equal batches on every process); with `drop_unreadable=True` (evaluation,
     prototypes) the example and its label row leave the batch instead, so metrics are computed over the readable
     images only. A single unreadable file never stops a run; from a second one on, [`TooManyUnreadableImagesError`]
-    stops it once more than `max_unreadable_fraction` of the images seen were unreadable. With `unreadable_list`
-    that fraction is the run's: the files listed there since this collator (or its copy in a dataloader worker)
-    started, plus those it met itself, over its own count of images seen times the copies reading the same data
-    (dataloader workers times `WORLD_SIZE` processes, which are given equal shares of batches). The failure only
-    reaches the collator when the images are decoded here: `dataset.cast_column("image", datasets.Image(decode=False))` (as
-    `run_training` does).
+    stops it once more than `max_unreadable_fraction` of the images seen were unreadable. That fraction is the
+    process's, not one dataloader worker's: workers of one `DataLoader` iteration (they are given batches in turn)
+    record the files they meet in `{unreadable_list}.workers`, and each judges their union over its own count times
+    the number of workers (without `unreadable_list`, a worker judges its own share). Processes of a distributed run
+    each judge their own equal share. The failure only reaches the collator when the images are decoded here:
+    `dataset.cast_column("image", datasets.Image(decode=False))` (as `run_training` does).
 
     Args:
         num_labels: number of classes K.
@@ -113,7 +114,7 @@ class MultiLabelCollator:
         self.num_seen = 0
         self.num_unreadable = 0
         self.unreadable_files: set[str] = set()
-        self._listed_before: Optional[set[str]] = None  # the list's files when this copy started (another role's)
+        self._family = uuid.uuid4().hex  # shared by this collator's copies in dataloader workers
         self._reserve: Optional[tuple[Any, torch.Tensor]] = None  # a readable (image, target) of an earlier batch
 
     def __repr__(self) -> str:
@@ -156,19 +157,25 @@ class MultiLabelCollator:
             )
         return pixels.to(torch.float32)
 
-    def run_counts(self) -> tuple[int, int]:
-        """(unreadable, seen) images of the run (see the class docstring); this collator's own without a list."""
-        if self.unreadable_list is None:
-            return self.num_unreadable, self.num_seen
-        listed = set(read_unreadable_list(self.unreadable_list)) - (self._listed_before or set())
+    def _counts(self, new_source: Optional[str]) -> tuple[int, int, int]:
+        """(unreadable images, distinct unreadable files, images seen) of this process's dataloader iteration (see
+        the class docstring), after recording `new_source`, a file this copy had not met."""
         worker = torch.utils.data.get_worker_info()
-        copies = (worker.num_workers if worker is not None else 1) * int(os.environ.get("WORLD_SIZE", "1"))
-        return len(listed | self.unreadable_files), self.num_seen * copies
+        if worker is None or self.unreadable_list is None:
+            return self.num_unreadable, len(self.unreadable_files), self.num_seen
+        iteration = f"{self._family}-{worker.seed - worker.id}\t"  # workers' seeds are one base seed plus their id
+        shared = f"{self.unreadable_list}.workers"
+        if new_source is not None:
+            with open(shared, "a", encoding="utf-8") as handle:
+                handle.write(f"{iteration}{new_source}\n")
+        files = {line[len(iteration) :] for line in read_unreadable_list(shared) if line.startswith(iteration)}
+        return len(files), len(files), self.num_seen * worker.num_workers
 
     def _record_unreadable(self, error: ImageLoadError) -> None:
         """Counts a skipped example, warns once per file, and stops when too many of the seen ones were unreadable."""
         self.num_unreadable += 1
-        if error.source not in self.unreadable_files:
+        new_source = error.source if error.source not in self.unreadable_files else None
+        if new_source is not None:
             self.unreadable_files.add(error.source)
             already_listed = False
             if self.unreadable_list is not None:
@@ -178,8 +185,7 @@ class MultiLabelCollator:
                         handle.write(error.source + "\n")
             if not already_listed:
                 logger.warning("Skipping unreadable image %s: %s", error.source, error.reason)
-        num_unreadable, num_seen = self.run_counts()
-        num_files = num_unreadable if self.unreadable_list is not None else len(self.unreadable_files)
+        num_unreadable, num_files, num_seen = self._counts(new_source)
         if num_files > 1 and num_unreadable > self.max_unreadable_fraction * num_seen:
             listed = f"; all are listed in {self.unreadable_list}" if self.unreadable_list is not None else ""
             raise TooManyUnreadableImagesError(
@@ -189,8 +195,6 @@ class MultiLabelCollator:
             )
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        if self._listed_before is None and self.unreadable_list is not None:
-            self._listed_before = set(read_unreadable_list(self.unreadable_list))
         images, targets, unreadable_positions = [], [], []
         for position, example in enumerate(examples):
             for column in (self.image_column, self.label_column):
