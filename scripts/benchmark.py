@@ -523,11 +523,12 @@ def run_serving(args: argparse.Namespace) -> Dict[str, object]:
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     import sadcl_hf  # noqa: F401  (registers the Auto classes)
+    from sadcl_hf.data import load_multilabel_dataset
+    from sadcl_hf.image_processing import evaluation_dataloader
     from sadcl_hf.serving.onnx_export import (
         ONNX_FILE_NAME,
         ONNX_INT8_FILE_NAME,
         compare_onnx_models,
-        evaluation_batches,
         export_onnx,
         onnx_session,
         quantize_onnx_int8,
@@ -548,13 +549,15 @@ def run_serving(args: argparse.Namespace) -> Dict[str, object]:
                 f"{int8_path} is missing: run scripts/export_onnx.py {folder} --quantize int8 "
                 "--calibration-dataset NAME --calibration-split validation"
             )
-        calibration, _ = evaluation_batches(config, "digits-mosaic", "validation", max_samples=256, batch_size=32)
-        quantize_onnx_int8(fp32_path, int8_path, calibration)
+        calibration = load_multilabel_dataset("digits-mosaic", split="validation")
+        calibration = calibration.select(range(min(256, len(calibration))))
+        batches = evaluation_dataloader(config, calibration)
+        quantize_onnx_int8(fp32_path, int8_path, (batch["pixel_values"] for batch in batches))
 
     size = config.image_size
     if is_demo:
-        test_batches, test_targets = evaluation_batches(config, "digits-mosaic", "test")
-        pixel_values = np.concatenate(test_batches)[: args.batch_size]
+        test_batches = list(evaluation_dataloader(config, load_multilabel_dataset("digits-mosaic", split="test"), 64))
+        pixel_values = np.concatenate([batch["pixel_values"].numpy() for batch in test_batches])[: args.batch_size]
     else:
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(args.batch_size)]
@@ -617,7 +620,7 @@ def run_serving(args: argparse.Namespace) -> Dict[str, object]:
         ))  # fmt: skip
     results["int8_map_change"] = None
     if is_demo:
-        comparison = compare_onnx_models(fp32_path, int8_path, test_batches, test_targets)
+        comparison = compare_onnx_models(fp32_path, int8_path, test_batches)
         results["int8_map_change"] = comparison["map_change"]
         print(
             f"digits-mosaic test mAP: ORT float32 {comparison['reference_map']:.2f}, ORT int8 "

@@ -26,14 +26,26 @@ from pathlib import Path
 from transformers import AutoModelForImageClassification
 
 from sadcl_hf.cli import run_script
+from sadcl_hf.data import dataset_label_names, load_multilabel_dataset
+from sadcl_hf.evaluation import check_dataset_labels, resolve_thresholds
+from sadcl_hf.image_processing import evaluation_dataloader
 from sadcl_hf.model_card import CARD_DATA_NAME, add_onnx_results_to_model_card
 from sadcl_hf.serving.onnx_export import (
     ONNX_FILE_NAME,
     ONNX_INT8_FILE_NAME,
+    compare_onnx_models,
+    count_quantized_convolutions,
     export_onnx,
-    quantize_with_calibration,
+    quantize_onnx_int8,
     verify_onnx,
 )
+
+
+def load_split(config, dataset: str, split: str, root: str | None, options: dict, max_samples: int | None = None):
+    """A split of `dataset` whose classes are the model's, at most `max_samples` images of it."""
+    data = load_multilabel_dataset(dataset, root=root, split=split, **options)
+    check_dataset_labels(dataset_label_names(data), config, what=f"{dataset} ({split})")
+    return data if max_samples is None else data.select(range(min(max_samples, len(data))))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,13 +83,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     int8_path = path.with_name(Path(ONNX_INT8_FILE_NAME).name) if args.output else model_dir / ONNX_INT8_FILE_NAME
-    result = quantize_with_calibration(
-        model.config, path, int8_path, args.calibration_dataset, args.calibration_root,
-        calibration_split=args.calibration_split, calibration_samples=args.calibration_samples,
-        eval_split=args.eval_split, **(json.loads(args.dataset_options) if args.dataset_options else {}),
-    )  # fmt: skip
+    config, options = model.config, json.loads(args.dataset_options) if args.dataset_options else {}
+    dataset, root = args.calibration_dataset, args.calibration_root
+    calibration = load_split(config, dataset, args.calibration_split, root, options, args.calibration_samples)
+    calibration_batches = evaluation_dataloader(config, calibration)
+    quantize_onnx_int8(path, int8_path, (batch["pixel_values"] for batch in calibration_batches))
+    evaluation = load_split(config, dataset, args.eval_split, root, options)
+    result = compare_onnx_models(
+        path, int8_path, list(evaluation_dataloader(config, evaluation, 64)), resolve_thresholds(None, config)
+    )
+    result["quantized_convolutions"], result["convolutions"] = count_quantized_convolutions(int8_path)
     print(
-        f"int8 (static, QDQ, calibrated on {result['num_calibration_images']} {args.calibration_split} images) -> "
+        f"int8 (static, QDQ, calibrated on {len(calibration)} {args.calibration_split} images) -> "
         f"{int8_path} ({int8_path.stat().st_size / 1e6:.1f} MB; {result['quantized_convolutions']}/"
         f"{result['convolutions']} Convs quantized)"
     )

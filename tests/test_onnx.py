@@ -164,15 +164,16 @@ def _linear_probe_model(folder: Path, options: dict) -> None:
     label features of digits-mosaic training images: a trained classifier in seconds, saved to `folder`."""
     from sklearn.linear_model import LogisticRegression
 
-    from sadcl_hf.image_processing import image_processor_for_config
-    from sadcl_hf.serving.onnx_export import evaluation_batches
+    from sadcl_hf.image_processing import evaluation_dataloader, image_processor_for_config
 
     model = make_tiny_model(num_labels=10, seed=2).eval()
     model.config.id2label = {index: str(index) for index in range(10)}
     model.config.label2id = {str(index): index for index in range(10)}
-    batches, targets = evaluation_batches(model.config, "digits-mosaic", "train", **options)
+    train = load_multilabel_dataset("digits-mosaic", split="train", **options)
+    batches = list(evaluation_dataloader(model.config, train))
+    targets = torch.cat([batch["labels"] for batch in batches]).numpy()
     with torch.no_grad():
-        features = torch.cat([model(torch.from_numpy(batch)).label_features for batch in batches]).numpy()
+        features = torch.cat([model(batch["pixel_values"]).label_features for batch in batches]).numpy()
         for index in range(10):
             probe = LogisticRegression(max_iter=500).fit(features[:, index], targets[:, index])
             model.classifier.weight[index] = torch.from_numpy(probe.coef_[0])

@@ -9,6 +9,9 @@ metadata and [`verify_onnx`]. The label names, thresholds and normalisation are 
 Files live beside the model, as optimum lays them out, so a pushed model folder carries them:
 `onnx/model.onnx` (float32, [`ONNX_FILE_NAME`]) and `onnx/model_quantized.onnx` (static int8, QDQ,
 [`ONNX_INT8_FILE_NAME`]). [`sadcl_hf.serving.onnx_runtime.SADCLOnnxModel`] serves either.
+
+The functions here take files and arrays; the images that calibrate and score a graph come from the caller
+(`scripts/export_onnx.py` loads them through [`sadcl_hf.image_processing.evaluation_dataloader`]).
 """
 
 from __future__ import annotations
@@ -34,12 +37,10 @@ __all__ = [
     "ONNX_INT8_FILE_NAME",
     "compare_onnx_models",
     "count_quantized_convolutions",
-    "evaluation_batches",
     "export_onnx",
     "onnx_logits",
     "onnx_session",
     "quantize_onnx_int8",
-    "quantize_with_calibration",
     "verify_onnx",
 ]
 
@@ -247,43 +248,21 @@ def count_quantized_convolutions(path: str | os.PathLike) -> tuple[int, int]:
     return len(quantized), len(convolutions)
 
 
-def evaluation_batches(
-    config,
-    dataset: str,
-    split: str,
-    root: str | os.PathLike | None = None,
-    max_samples: int | None = None,
-    batch_size: int = 64,
-    **options,
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """A dataset split preprocessed for `config` as in evaluation: pixel_values batches [B, 3, S, S] float32 and the
-    multi-hot targets [N, K]. `dataset`, `root` and `options` go to [`sadcl_hf.data.load_multilabel_dataset`]; the
-    split's class names must be the model's."""
-    from ..data import dataset_label_names, load_multilabel_dataset
-    from ..evaluation import check_dataset_labels
-    from ..image_processing import evaluation_dataloader
-
-    data = load_multilabel_dataset(dataset, root=root, split=split, **options)
-    check_dataset_labels(dataset_label_names(data), config, what=f"{dataset} ({split})")
-    if max_samples is not None:
-        data = data.select(range(min(max_samples, len(data))))
-    batches, targets = [], []
-    for batch in evaluation_dataloader(config, data, batch_size):
-        batches.append(batch["pixel_values"].numpy())
-        targets.append(batch["labels"].numpy())
-    return batches, np.concatenate(targets)
-
-
 def compare_onnx_models(
-    reference: str | os.PathLike, candidate: str | os.PathLike, batches: list[np.ndarray], targets: np.ndarray,
+    reference: str | os.PathLike,
+    candidate: str | os.PathLike,
+    batches: list[dict[str, Any]],
     thresholds: np.ndarray | float = DEFAULT_THRESHOLD,
 ) -> dict[str, float]:
-    """mAP (percent) of two ONNX classifiers on the same data, the change (`map_change`, candidate - reference,
-    points), the largest probability difference and the share of (image, class) tag decisions they agree on at
-    `thresholds` ([K] or one number)."""
+    """mAP (percent) of two ONNX classifiers on the same evaluation `batches` (`pixel_values` [B, 3, S, S] and
+    multi-hot `labels` [B, K], as [`sadcl_hf.image_processing.evaluation_dataloader`] yields them), the change
+    (`map_change`, candidate - reference, points), the largest probability difference and the share of
+    (image, class) tag decisions they agree on at `thresholds` ([K] or one number)."""
     from ..evaluation import mean_average_precision, predict_labels, sigmoid
 
-    logits = [onnx_logits(path, batches) for path in (reference, candidate)]
+    pixel_values = [np.asarray(batch["pixel_values"], np.float32) for batch in batches]
+    targets = np.concatenate([np.asarray(batch["labels"]) for batch in batches])
+    logits = [onnx_logits(path, pixel_values) for path in (reference, candidate)]
     probabilities = [sigmoid(value.astype(np.float64)) for value in logits]
     reference_map, candidate_map = (mean_average_precision(value, targets) for value in probabilities)
     tags = [predict_labels(value, thresholds) for value in probabilities]
@@ -295,34 +274,3 @@ def compare_onnx_models(
         "tag_agreement": float((tags[0] == tags[1]).mean()),
     }
 
-
-def quantize_with_calibration(
-    config,
-    path: str | os.PathLike,
-    int8_path: str | os.PathLike,
-    dataset: str,
-    root: str | os.PathLike | None = None,
-    calibration_split: str = "validation",
-    calibration_samples: int = 256,
-    eval_split: str = "test",
-    **options: Any,
-) -> dict[str, Any]:
-    """Static int8 of the float graph `path` ([`quantize_onnx_int8`]) calibrated on `calibration_samples` images
-    of `calibration_split`, then both graphs scored on `eval_split` ([`compare_onnx_models`] at the model's
-    thresholds). Returns the comparison plus `num_calibration_images`, `quantized_convolutions` and `convolutions`."""
-    from ..evaluation import resolve_thresholds
-
-    data = dict(dataset=dataset, root=root, **options)
-    calibration, _ = evaluation_batches(
-        config, split=calibration_split, max_samples=calibration_samples, batch_size=32, **data
-    )
-    quantize_onnx_int8(path, int8_path, calibration)
-    quantized, convolutions = count_quantized_convolutions(int8_path)
-    batches, targets = evaluation_batches(config, split=eval_split, **data)
-    comparison = compare_onnx_models(path, int8_path, batches, targets, resolve_thresholds(None, config))
-    return {
-        **comparison,
-        "num_calibration_images": sum(len(batch) for batch in calibration),
-        "quantized_convolutions": quantized,
-        "convolutions": convolutions,
-    }
