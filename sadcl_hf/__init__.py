@@ -3,21 +3,21 @@ Face ecosystem."""
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from .configuration_sadcl import COCO_LABELS, SADCL_PRESETS, SADCLConfig
-from .modeling_sadcl import (
-    SADCLForImageClassification,
-    SADCLImageClassifierOutput,
-    SADCLModel,
-    SADCLModelOutput,
-    SADCLPreTrainedModel,
-)
 from .analysis.calibration import calibrate_thresholds, load_thresholds
+from .configuration_sadcl import COCO_LABELS, SADCL_PRESETS, SADCLConfig
 from .losses import (
     AsymmetricLoss,
     PrototypeToSampleContrastiveLoss,
     SADCLLoss,
     SADCLLossOutput,
     SampleToSampleContrastiveLoss,
+)
+from .modeling_sadcl import (
+    SADCLForImageClassification,
+    SADCLImageClassifierOutput,
+    SADCLModel,
+    SADCLModelOutput,
+    SADCLPreTrainedModel,
 )
 from .serving.pipeline import MULTI_LABEL_TASK, MultiLabelImageClassificationPipeline, register_pipeline
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import httpx
 import yaml

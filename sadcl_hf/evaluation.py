@@ -38,11 +38,11 @@ import numbers
 import operator
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-
 
 __all__ = [
     "DEFAULT_THRESHOLD",

@@ -25,8 +25,9 @@ cosine similarity): callers must not (and need not) normalise beforehand.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Optional, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,7 @@ __all__ = [
     "SampleToSampleContrastiveLoss",
     "confident_positives",
 ]
+
 
 def _config_default(field: str) -> Any:
     """The default of a `SADCLConfig` field: the config is the one home of the loss settings (the released COCO
@@ -92,10 +94,12 @@ class LossTerm(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def from_config(cls, config: Any) -> "LossTerm":
+    def from_config(cls, config: Any) -> LossTerm:
         """The term with each constructor argument `x` taken from `config.{name}_x` where the config has it."""
         arguments = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
-        values = {arg: getattr(config, f"{cls.name}_{arg}") for arg in arguments if hasattr(config, f"{cls.name}_{arg}")}
+        values = {
+            arg: getattr(config, f"{cls.name}_{arg}") for arg in arguments if hasattr(config, f"{cls.name}_{arg}")
+        }
         return cls(**values)
 
     @classmethod
@@ -322,7 +326,7 @@ class SampleToSampleContrastiveLoss(LossTerm):
             )
             return self.contrast(rows)
 
-    def contrast(self, rows: "_PositiveRows") -> torch.Tensor:
+    def contrast(self, rows: _PositiveRows) -> torch.Tensor:
         """The loss over the gathered, L2-normalised positive rows, as `mode` computes it."""
         return _SSCL_CONTRASTS[self.mode](rows, self.temperature, self.base_temperature)
 
@@ -529,9 +533,7 @@ class PrototypeToSampleContrastiveLoss(LossTerm):
             absent_offset = similarity.detach().amax(dim=1)
             class_losses = log_sum_all - torch.where(present, log_sum_positive, absent_offset)
             num_positive = positive.sum()
-            return torch.where(
-                num_positive > 0, class_losses.sum() / num_positive.clamp(min=1), class_losses.mean()
-            )
+            return torch.where(num_positive > 0, class_losses.sum() / num_positive.clamp(min=1), class_losses.mean())
 
 
 LOSS_TERMS: dict[str, type[LossTerm]] = {
@@ -596,8 +598,8 @@ class SADCLLoss(nn.Module):
 
     def __init__(
         self,
-        terms: Optional[Mapping[str, LossTerm]] = None,
-        weights: Optional[Mapping[str, float]] = None,
+        terms: Mapping[str, LossTerm] | None = None,
+        weights: Mapping[str, float] | None = None,
         gather_across_processes: bool = _config_default("gather_contrastive_features"),
     ) -> None:
         super().__init__()
@@ -613,25 +615,25 @@ class SADCLLoss(nn.Module):
         return f"weights={self.weights}, gather_across_processes={self.gather_across_processes}"
 
     @classmethod
-    def from_config(cls, config: Any) -> "SADCLLoss":
+    def from_config(cls, config: Any) -> SADCLLoss:
         """Every term of `LOSS_TERMS` from a `SADCLConfig`'s fields (`LossTerm.from_config`), weighted by its
         `{name}_weight`; a field the object lacks takes the default."""
         weights = {name: getattr(config, f"{name}_weight", term.default_weight()) for name, term in LOSS_TERMS.items()}
         return cls(
             terms={name: term.from_config(config) for name, term in LOSS_TERMS.items()},
             weights=weights,
-            gather_across_processes=getattr(config, "gather_contrastive_features", _config_default(
-                "gather_contrastive_features"
-            )),
+            gather_across_processes=getattr(
+                config, "gather_contrastive_features", _config_default("gather_contrastive_features")
+            ),
         )
 
     def forward(
         self,
         logits: torch.Tensor,
         labels: torch.Tensor,
-        projected_label_features: Optional[torch.Tensor] = None,
-        projected_memory_bank: Optional[torch.Tensor] = None,
-        projected_prototypes: Optional[torch.Tensor] = None,
+        projected_label_features: torch.Tensor | None = None,
+        projected_memory_bank: torch.Tensor | None = None,
+        projected_prototypes: torch.Tensor | None = None,
     ) -> SADCLLossOutput:
         """
         Args:

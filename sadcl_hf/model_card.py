@@ -67,7 +67,11 @@ _TRAINING_ARGUMENT_KEYS = (
 )
 # Values meaning "not used", left out of the card.
 _UNUSED_TRAINING_ARGUMENTS = {
-    ("max_steps", -1), ("warmup_ratio", 0), ("warmup_steps", 0), ("bf16", False), ("fp16", False)
+    ("max_steps", -1),
+    ("warmup_ratio", 0),
+    ("warmup_steps", 0),
+    ("bf16", False),
+    ("fp16", False),
 }
 _FRAMEWORKS = ("sadcl-hf", "transformers", "torch", "timm", "huggingface_hub", "datasets")
 _SSCL_MODES = {
@@ -396,8 +400,10 @@ def _render(model_or_config, data: SADCLModelCardData) -> ModelCard:
     num_parameters = None
     if hasattr(model_or_config, "parameters"):
         num_parameters = _format_parameter_count(sum(p.numel() for p in model_or_config.parameters()))
-    eval_description = f"Results on {dataset_display}" + (f" (`{eval_split}` split)" if eval_split else "") + (
-        ", with the per-class thresholds stored in the config." if config.thresholds else ", at threshold 0.5."
+    eval_description = (
+        f"Results on {dataset_display}"
+        + (f" (`{eval_split}` split)" if eval_split else "")
+        + (", with the per-class thresholds stored in the config." if config.thresholds else ", at threshold 0.5.")
     )
     card = ModelCard.from_template(
         card_data,
@@ -483,8 +489,14 @@ def _onnx_section(dataset: str, calibration_split: str, eval_split: str, fp32_ma
 
 
 def add_onnx_results_to_model_card(
-    model, output_dir: str | os.PathLike, *, dataset: str, calibration_split: str, eval_split: str,
-    fp32_map: float, int8_map: float,
+    model,
+    output_dir: str | os.PathLike,
+    *,
+    dataset: str,
+    calibration_split: str,
+    eval_split: str,
+    fp32_map: float,
+    int8_map: float,
 ) -> Path:
     """Records the mAP of the float and static-int8 ONNX graphs on `eval_split` in `model`'s card data and writes
     the card again to `output_dir` (`scripts/export_onnx.py --quantize int8`). Returns the README path."""
@@ -495,8 +507,9 @@ def add_onnx_results_to_model_card(
     return save_model_card(model, output_dir)
 
 
-def add_calibration_to_model_card(model, output_dir: str | os.PathLike, report: Mapping[str, Any], *,
-                                  dataset: str, split: str) -> Path:
+def add_calibration_to_model_card(
+    model, output_dir: str | os.PathLike, report: Mapping[str, Any], *, dataset: str, split: str
+) -> Path:
     """Records a threshold calibration ([`calibrate_thresholds`]'s report) in `model`'s card data and writes the
     card again to `output_dir` (`scripts/calibrate_thresholds.py`). Returns the README path."""
     model_card_data_of(model).calibration = {

@@ -18,16 +18,16 @@ from dataclasses import dataclass
 
 import timm
 import torch
-from huggingface_hub import create_repo
 import torch.nn.functional as F
+from huggingface_hub import create_repo
 from timm.utils.model import freeze, freeze_batch_norm_2d
 from torch import nn
 from transformers import AutoBackbone, AutoModel, PreTrainedModel
-from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING_NAMES
-from transformers.activations import ACT2FN
 from transformers import initialization as init
+from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING_NAMES
 from transformers.utils import ModelOutput
 
 from .configuration_sadcl import SADCLConfig
@@ -575,7 +575,8 @@ class SADCLForImageClassification(SADCLPreTrainedModel):
     Only a training forward (`model.train()`, labels, objective `"sadcl"`) reads, resizes or writes it: it is
     (re)started from the prototypes when a batch is larger than it, a smaller batch (the last of an epoch) uses its
     first rows, and `SADCLTrainer` keeps it with each checkpoint, one file per process
-    (`memory_bank-rank{i}.safetensors`, `sadcl_hf.training.callbacks.CheckpointStateCallback`), and restores it on resume.
+    (`memory_bank-rank{i}.safetensors`, `sadcl_hf.training.callbacks.CheckpointStateCallback`), and restores it on
+    resume.
     In eval mode the SSCL view that the bank would give is the prototypes (the bank's state before the first training
     step), so evaluation never changes the bank and `eval_loss` depends neither on it nor on the batch size.
     """

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoModelForImageClassification
 
+from sadcl_hf.analysis.label_features import analyze_label_features
 from sadcl_hf.cli import run_script
 from sadcl_hf.data import load_multilabel_dataset
-from sadcl_hf.analysis.label_features import analyze_label_features
 from sadcl_hf.training.recipe import parse_arguments, run_training
 
 ROOT = Path(__file__).resolve().parents[1]

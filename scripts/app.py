@@ -17,11 +17,16 @@ import re
 import tempfile
 from pathlib import Path
 
-from sadcl_hf.serving.web import (
-    DEFAULT_DELETE_CACHE, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_FILE_SIZE, WebTagger, build_app, default_examples,
-)  # fmt: skip
 from sadcl_hf.cli import run_script
 from sadcl_hf.serving.backends import BACKENDS
+from sadcl_hf.serving.web import (
+    DEFAULT_DELETE_CACHE,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_FILE_SIZE,
+    WebTagger,
+    build_app,
+    default_examples,
+)  # fmt: skip
 
 
 def main() -> None:
@@ -49,7 +54,9 @@ def main() -> None:
         help="every FREQUENCY seconds delete uploads older than AGE seconds (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
-        "--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
+        "--max-batch-size",
+        type=int,
+        default=DEFAULT_MAX_BATCH_SIZE,
         help="most concurrent requests tagged in one forward (default: %(default)s)",
     )
     args = parser.parse_args()

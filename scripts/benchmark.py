@@ -36,11 +36,10 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-
 
 LOSS_VARIANTS = ("sadcl-hf reference", "sadcl-hf corrected", "dense released")
 
@@ -50,7 +49,7 @@ LOSS_VARIANTS = ("sadcl-hf reference", "sadcl-hf corrected", "dense released")
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def print_table(title: str, rows: List[Dict[str, object]], columns: List[str]) -> None:
+def print_table(title: str, rows: list[dict[str, object]], columns: list[str]) -> None:
     """Prints `rows` (dicts) as a fixed-width table with the given `columns`."""
 
     def fmt(value: object) -> str:
@@ -79,7 +78,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_json(path: Optional[str], payload: Dict[str, object]) -> None:
+def write_json(path: str | None, payload: dict[str, object]) -> None:
     if path:
         with open(path, "w") as handle:
             json.dump(payload, handle, indent=2)
@@ -131,7 +130,7 @@ def build_loss_step(variant: str) -> Callable:
     return step
 
 
-def losses_worker(args: argparse.Namespace) -> Dict[str, object]:
+def losses_worker(args: argparse.Namespace) -> dict[str, object]:
     """Runs one variant in this (fresh) process: median time and peak extra RSS of forward + backward."""
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -163,7 +162,7 @@ def losses_worker(args: argparse.Namespace) -> Dict[str, object]:
     }
 
 
-def run_losses(args: argparse.Namespace) -> Dict[str, object]:
+def run_losses(args: argparse.Namespace) -> dict[str, object]:
     """`losses` subcommand: one fresh subprocess per variant, then a table."""
     if args.worker:
         print(json.dumps(losses_worker(args)))
@@ -236,7 +235,7 @@ def _peak_memory_mib(device: torch.device) -> float:
     return peak_rss_mib()
 
 
-def run_train_step(args: argparse.Namespace) -> Dict[str, object]:
+def run_train_step(args: argparse.Namespace) -> dict[str, object]:
     """`train-step`: images/s and peak memory of full SADCL training steps (forward with the objective, backward,
     AdamW step) for a preset, batch size and precision, on random images with COCO-like labels."""
     from sadcl_hf import SADCLConfig, SADCLForImageClassification
@@ -289,7 +288,7 @@ def run_train_step(args: argparse.Namespace) -> Dict[str, object]:
     return payload
 
 
-def run_inference(args: argparse.Namespace) -> Dict[str, object]:
+def run_inference(args: argparse.Namespace) -> dict[str, object]:
     """`inference`: `pipeline("multi-label-image-classification")` images/s versus the bare model forward on the same
     batch (already preprocessed tensors); the difference is the pipeline's overhead (decoding, preprocessing,
     post-processing)."""
@@ -309,9 +308,7 @@ def run_inference(args: argparse.Namespace) -> Dict[str, object]:
     rng = np.random.default_rng(0)
     size = args.source_size or config.image_size
     images = [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(args.batch_size)]
-    tagger = pipeline(
-        "multi-label-image-classification", model=model, image_processor=processor, device=device
-    )
+    tagger = pipeline("multi-label-image-classification", model=model, image_processor=processor, device=device)
     pixel_values = processor(images=images, return_tensors="pt")["pixel_values"].to(device)
 
     def bare() -> None:
@@ -379,7 +376,7 @@ def make_folder_images(root: str, count: int, size: tuple = (640, 480), seed: in
     print(f"wrote {count} {size[0]}x{size[1]} JPEGs and metadata.jsonl to {root}")
 
 
-def run_data(args: argparse.Namespace) -> Dict[str, object]:
+def run_data(args: argparse.Namespace) -> dict[str, object]:
     """`data`: images/s of one data-loading worker on the training path (dataset row with its decoded image, the
     training transform of the paper's recipe at `--image-size`, collation), single process and single thread."""
     from sadcl_hf.data import MultiLabelCollator, build_train_transform, load_multilabel_dataset
@@ -432,13 +429,13 @@ def run_data(args: argparse.Namespace) -> Dict[str, object]:
 
 
 def _interleaved_images_per_second(
-    runners: Dict[str, Callable[[], object]], batch_size: int, warmup: int, min_seconds: float
-) -> Dict[str, float]:
+    runners: dict[str, Callable[[], object]], batch_size: int, warmup: int, min_seconds: float
+) -> dict[str, float]:
     """Median images/s of each runner (one batch per call). The runners take turns in blocks, round after round (at
     least 3 rounds and `min_seconds` in all), so a load that comes and goes on a shared machine hits them alike; each
     block starts with `warmup` untimed calls, so the previous runner's threads (OpenMP and onnxruntime spin-wait
     after their work) have settled before timing."""
-    times: Dict[str, List[float]] = {name: [] for name in runners}
+    times: dict[str, list[float]] = {name: [] for name in runners}
     start_all = time.perf_counter()
     rounds = 0
     while rounds < 3 or time.perf_counter() - start_all < min_seconds:
@@ -453,7 +450,7 @@ def _interleaved_images_per_second(
     return {name: batch_size / statistics.median(values) for name, values in times.items()}
 
 
-def onnx_settings_sessions(path, config, threads: int) -> Dict[str, object]:
+def onnx_settings_sessions(path, config, threads: int) -> dict[str, object]:
     """ONNX Runtime sessions of the float graph `path` with the settings that `onnx_session` does not choose (lower
     graph optimisation levels, parallel execution, one thread, spin-waiting threads, the transformer optimizer's
     fusions):
@@ -489,7 +486,7 @@ def onnx_settings_sessions(path, config, threads: int) -> Dict[str, object]:
     }
 
 
-def onnx_operator_shares(path, pixel_values, threads: int, runs: int = 5) -> Dict[str, float]:
+def onnx_operator_shares(path, pixel_values, threads: int, runs: int = 5) -> dict[str, float]:
     """Share of ONNX Runtime's kernel time per operator type (its profiler, `runs` runs of `pixel_values`), largest
     first, operators under 1% left out."""
     import collections
@@ -505,7 +502,7 @@ def onnx_operator_shares(path, pixel_values, threads: int, runs: int = 5) -> Dic
     with open(session.end_profiling()) as handle:
         events = json.load(handle)
     os.remove(handle.name)
-    durations: Dict[str, float] = collections.Counter()
+    durations: dict[str, float] = collections.Counter()
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             durations[event["args"]["op_name"]] += event["dur"]
@@ -513,7 +510,7 @@ def onnx_operator_shares(path, pixel_values, threads: int, runs: int = 5) -> Dic
     return {name: value / total for name, value in durations.most_common() if value / total >= 0.01}
 
 
-def run_serving(args: argparse.Namespace) -> Dict[str, object]:
+def run_serving(args: argparse.Namespace) -> dict[str, object]:
     """`serving`: images/s of PyTorch eager, ONNX Runtime float32 and ONNX Runtime static int8 on the same
     preprocessed images (batch 1 and `--batch-size`, at the model's size), and the int8 mAP change on the
     digits-mosaic test split when the model is the demo's (digit labels)."""
@@ -572,22 +569,22 @@ def run_serving(args: argparse.Namespace) -> Dict[str, object]:
     gflop_per_image = flop_counter.get_total_flops() / 1e9
 
     rows = []
-    results: Dict[str, object] = {}
+    results: dict[str, object] = {}
     for batch_size in (1, args.batch_size):
         batch = pixel_values[:batch_size]
         batch_tensor = torch.from_numpy(batch)
 
         channels_last_batch = batch_tensor.contiguous(memory_format=torch.channels_last)
 
-        def eager() -> None:
+        def eager(batch_tensor: torch.Tensor = batch_tensor) -> None:
             with torch.inference_mode():
                 model(batch_tensor)
 
-        def eager_no_grad() -> None:
+        def eager_no_grad(batch_tensor: torch.Tensor = batch_tensor) -> None:
             with torch.no_grad():
                 model(batch_tensor)
 
-        def eager_channels_last() -> None:
+        def eager_channels_last(channels_last_batch: torch.Tensor = channels_last_batch) -> None:
             with torch.inference_mode():
                 channels_last_model(channels_last_batch)
 
@@ -595,7 +592,9 @@ def run_serving(args: argparse.Namespace) -> Dict[str, object]:
         if args.profile:
             runners.update({"eager_no_grad": eager_no_grad, "eager_channels_last": eager_channels_last})
         for name, session in sessions.items():
-            runners[f"ort_{name}"] = lambda session=session: session.run(["logits"], {"pixel_values": batch})
+            runners[f"ort_{name}"] = lambda session=session, batch=batch: session.run(
+                ["logits"], {"pixel_values": batch}
+            )
         load_before = load_average()
         speeds = _interleaved_images_per_second(runners, batch_size, args.warmup, args.min_seconds)
         load_after = load_average()
@@ -629,7 +628,10 @@ def run_serving(args: argparse.Namespace) -> Dict[str, object]:
         )
     fp32_speedup = results["ort_fp32_img_s"] / results["eager_img_s"]
     int8_speedup = results["ort_int8_img_s"] / results["ort_fp32_img_s"]
-    print(f"batch {args.batch_size}: ORT fp32 {fp32_speedup:.2f}x eager (target >= 2); int8 {int8_speedup:.2f}x ORT fp32 (target >= 1.5)")
+    print(
+        f"batch {args.batch_size}: ORT fp32 {fp32_speedup:.2f}x eager (target >= 2); "
+        f"int8 {int8_speedup:.2f}x ORT fp32 (target >= 1.5)"
+    )
     payload = {"benchmark": "serving", "config": vars(args), "threads": threads, **results, "results": rows}
     write_json(args.json, payload)
     return payload
@@ -648,11 +650,11 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def best_of(repeats: int, measures: Dict[str, Callable[[], float]]) -> Dict[str, Dict[str, object]]:
+def best_of(repeats: int, measures: dict[str, Callable[[], float]]) -> dict[str, dict[str, object]]:
     """Runs each of `measures` (each returns images/s) `repeats` times, taking turns round after round so that a
     load that comes and goes on a shared machine hits them alike: per measure the best value, every value and the
     load average before each run."""
-    results: Dict[str, Dict[str, object]] = {name: {"values": [], "load_averages": []} for name in measures}
+    results: dict[str, dict[str, object]] = {name: {"values": [], "load_averages": []} for name in measures}
     for _ in range(repeats):
         for name, measure in measures.items():
             results[name]["load_averages"].append(load_average())
@@ -682,7 +684,7 @@ def phone_photo_folder(cache_dir: str, count: int, seed: int, size: tuple = PHON
     return folder
 
 
-def demo_sized_model_folder(args: argparse.Namespace, calibration_images: List[str]) -> str:
+def demo_sized_model_folder(args: argparse.Namespace, calibration_images: list[str]) -> str:
     """`--model` if given, else `runs/demo/model` if present, else a demo-sized model (the `tiny` preset with the
     demo's 10 digit labels, as `configs/demo.yaml` trains it; random weights, seed 0) saved once to the cache. Its
     `onnx/model.onnx` and static int8 `onnx/model_quantized.onnx` are exported when missing (int8 calibrated on the
@@ -723,12 +725,12 @@ def demo_sized_model_folder(args: argparse.Namespace, calibration_images: List[s
 
 
 def tagger_load(
-    model: str, backend: str, image_paths: List[str], clients: List[int], repeats: int
-) -> Dict[str, object]:
+    model: str, backend: str, image_paths: list[str], clients: list[int], repeats: int
+) -> dict[str, object]:
     """Requests/s and p50/p95 latency of the web tagger (`sadcl_hf.serving.web.build_app`, launched on loopback with the
     `backend`) at each number of concurrent `clients`, each sending images of `image_paths`, through
-    `sadcl_hf.serving.web.tagger_load_benchmark`: the best of `repeats` runs per number of clients, with every run and the
-    load average before it."""
+    `sadcl_hf.serving.web.tagger_load_benchmark`: the best of `repeats` runs per number of clients, with every run and
+    the load average before it."""
     import socket
 
     from sadcl_hf.serving.web import WebTagger, build_app, tagger_load_benchmark
@@ -739,7 +741,7 @@ def tagger_load(
     app = build_app(WebTagger(model, backend=backend)).queue()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
-        runs: Dict[str, List[Dict[str, object]]] = {str(count): [] for count in clients}
+        runs: dict[str, list[dict[str, object]]] = {str(count): [] for count in clients}
         for _ in range(repeats):
             for count in clients:
                 load = load_average()
@@ -747,7 +749,7 @@ def tagger_load(
                 runs[str(count)].append({**result, "load_average": load})
     finally:
         app.close()
-    results: Dict[str, object] = {
+    results: dict[str, object] = {
         count: {**max(values, key=lambda run: run["requests_per_s"]), "runs": values} for count, values in runs.items()
     }
     if len(clients) > 1:
@@ -755,7 +757,7 @@ def tagger_load(
     return results
 
 
-def run_tagging(args: argparse.Namespace) -> Dict[str, object]:
+def run_tagging(args: argparse.Namespace) -> dict[str, object]:
     """`tagging`: images/s of `predict.py`'s path (`sadcl_hf.serving.batch.predict_images`: decode, preprocess, forward,
     records written) on a folder of 12 MP JPEGs for each backend, beside the limits of that path: model-only
     images/s (the forward alone on the same preprocessed batches) and decode-only images/s (loading and preprocessing
@@ -799,7 +801,7 @@ def run_tagging(args: argparse.Namespace) -> Dict[str, object]:
 
         return measure
 
-    def model_only(tagger, batches: List[torch.Tensor]) -> Callable[[], float]:
+    def model_only(tagger, batches: list[torch.Tensor]) -> Callable[[], float]:
         def measure() -> float:
             start = time.perf_counter()
             with torch.inference_mode():
@@ -887,7 +889,7 @@ def run_tagging(args: argparse.Namespace) -> Dict[str, object]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def run_streaming(args: argparse.Namespace) -> Dict[str, object]:
+def run_streaming(args: argparse.Namespace) -> dict[str, object]:
     """`streaming`: resident memory over a training run that streams parquet shards (`--streaming`), sampled every
     0.2 s in a background thread: flat means the stream is read shard by shard, not gathered in memory."""
     import tempfile
@@ -906,14 +908,16 @@ def run_streaming(args: argparse.Namespace) -> Dict[str, object]:
         shards = Path(scratch) / "shards"
         options = {"num_train": args.num_images, "num_validation": 64, "num_test": 64}
         for split, num_shards in (("train", args.num_shards), ("validation", 1)):
-            write_parquet_shards(load_multilabel_dataset("digits-mosaic", split=split, **options), shards, split, num_shards)
+            write_parquet_shards(
+                load_multilabel_dataset("digits-mosaic", split=split, **options), shards, split, num_shards
+            )
         arguments = parse_arguments([
             "--config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "demo.yaml"),
             "--streaming", "--dataset_root", str(shards), "--stage", "baseline", "--max_steps", str(args.steps),
             "--per_device_train_batch_size", str(args.batch_size), "--output_dir", str(Path(scratch) / "run"),
             "--logging_steps", str(args.steps), "--use_ema", "false", "--disable_tqdm", "true",
         ])  # fmt: skip
-        samples: List[tuple] = []
+        samples: list[tuple] = []
         done = threading.Event()
 
         def sample() -> None:
@@ -956,7 +960,7 @@ def run_streaming(args: argparse.Namespace) -> Dict[str, object]:
     return payload
 
 
-SUBCOMMANDS: Dict[str, Callable[[argparse.Namespace], Dict[str, object]]] = {
+SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, object]]] = {
     "losses": run_losses,
     "train-step": run_train_step,
     "inference": run_inference,
@@ -981,9 +985,7 @@ def build_parser() -> argparse.ArgumentParser:
     losses.add_argument("--num-labels", type=int, default=80)
     losses.add_argument("--dim", type=int, default=1024)
     losses.add_argument("--repeats", type=int, default=20)
-    losses.add_argument(
-        "--baseline-repeats", type=int, default=5, help="repeats of the (slow) dense released baseline"
-    )
+    losses.add_argument("--baseline-repeats", type=int, default=5, help="repeats of the (slow) dense released baseline")
     losses.add_argument("--worker", choices=LOSS_VARIANTS, default=None, help=argparse.SUPPRESS)
 
     train_step = subparsers.add_parser("train-step", parents=[common], help="training step images/s and memory")
@@ -1056,7 +1058,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     SUBCOMMANDS[args.command](args)
 

@@ -52,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     report = calibrate_thresholds(
-        model, dataset, image_processor, batch_size=args.batch_size, num_workers=args.num_workers, device=device,
+        model,
+        dataset,
+        image_processor,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=device,
         show_progress=True,
     )
     print(f"{args.dataset} / {args.split}: {report['num_images']} images")

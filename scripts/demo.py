@@ -27,13 +27,13 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
 from sadcl_hf import calibrate_thresholds
-from sadcl_hf.serving.attention_maps import save_attention_maps
 from sadcl_hf.analysis.calibration import format_calibration_report
+from sadcl_hf.analysis.label_features import analyze_label_features, plot_label_features
 from sadcl_hf.cli import run_script
 from sadcl_hf.data import dataset_label_names, load_multilabel_dataset
 from sadcl_hf.evaluation import metric_names
-from sadcl_hf.analysis.label_features import analyze_label_features, plot_label_features
 from sadcl_hf.model_card import save_model_card
+from sadcl_hf.serving.attention_maps import save_attention_maps
 from sadcl_hf.training.recipe import parse_arguments, read_config_file, run_training
 
 ROOT = Path(__file__).resolve().parents[1]

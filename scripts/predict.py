@@ -43,8 +43,7 @@ from sadcl_hf import load_thresholds
 from sadcl_hf.cli import run_script
 from sadcl_hf.serving.backends import BACKENDS
 from sadcl_hf.serving.batch import PredictionWriter, expand_inputs, predict_images, write_caption
-from sadcl_hf.serving.pipeline import load_pipeline
-from sadcl_hf.serving.pipeline import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT
+from sadcl_hf.serving.pipeline import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT, load_pipeline
 
 
 @contextmanager

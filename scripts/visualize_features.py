@@ -21,10 +21,10 @@ from pathlib import Path
 
 from transformers import AutoModelForImageClassification
 
+from sadcl_hf.analysis.label_features import DEFAULT_MAX_FEATURES, analyze_label_features, plot_label_features
 from sadcl_hf.cli import run_script
 from sadcl_hf.data import dataset_label_names, load_multilabel_dataset
 from sadcl_hf.evaluation import check_dataset_labels
-from sadcl_hf.analysis.label_features import DEFAULT_MAX_FEATURES, analyze_label_features, plot_label_features
 
 
 def _name(model: str) -> str:

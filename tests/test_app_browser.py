@@ -159,11 +159,13 @@ def test_tagger_page_in_chromium(tagged, app_url, browser, tmp_path):
     # The attention panel's tag list has every label; the three below their threshold say so.
     browser.find_element(By.CSS_SELECTOR, "#sadcl-label-choice input").click()
     options = WebDriverWait(browser, 30).until(
-        lambda d: [
-            option.get_attribute("aria-label")
-            for option in d.find_elements(By.CSS_SELECTOR, "li[data-testid=dropdown-option]")
-        ]
-        or None
+        lambda d: (
+            [
+                option.get_attribute("aria-label")
+                for option in d.find_elements(By.CSS_SELECTOR, "li[data-testid=dropdown-option]")
+            ]
+            or None
+        )
     )
     below = {option.split(" (")[0] for option in options if "below threshold" in option}
     assert len(options) == len(LABELS) and below == set(LABELS) - set(calibrated), options

@@ -15,9 +15,9 @@ import torch
 from gradio_client import Client, handle_file
 
 from sadcl_hf import SADCLConfig, SADCLForImageClassification
-from sadcl_hf.serving.web import DEFAULT_DELETE_CACHE, WebTagger, build_app, tagger_load_benchmark
 from sadcl_hf.image_processing import image_processor_for_config
 from sadcl_hf.serving.pipeline import load_pipeline
+from sadcl_hf.serving.web import DEFAULT_DELETE_CACHE, WebTagger, build_app, tagger_load_benchmark
 
 LABELS = ["cat", "dog", "tree", "car", "boat", "bird"]
 NUM_REQUESTS = 6
@@ -48,7 +48,9 @@ def model_and_images(tmp_path_factory):
 
 def _launch(app, **launch_options) -> str:
     port = _free_port()
-    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options)
+    app.queue().launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options
+    )
     return f"http://127.0.0.1:{port}/"
 
 

@@ -31,7 +31,13 @@ BACKBONES = {
     ),
 }
 # (channels, stride) of the last feature map
-EXPECTED_FEATURES = {"resnet": (32, 32), "convnext": (32, 32), "convnextv2": (32, 32), "swin": (16, 8), "dinov2": (16, 8)}
+EXPECTED_FEATURES = {
+    "resnet": (32, 32),
+    "convnext": (32, 32),
+    "convnextv2": (32, 32),
+    "swin": (16, 8),
+    "dinov2": (16, 8),
+}
 
 
 def make_model(family: str) -> SADCLForImageClassification:
@@ -98,7 +104,7 @@ def test_transformers_backbones_load_with_remote_code_without_sadcl_hf(saved_mod
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    for family, folder in saved_models.items():
+    for _family, folder in saved_models.items():
         model = AutoModelForImageClassification.from_pretrained(folder).eval()
         torch.manual_seed(1)
         with torch.no_grad():

@@ -172,10 +172,15 @@ def test_check_dataset_labels_accepts_only_the_models_classes_in_its_order():
     check_dataset_labels(LABELS, config)  # matching: no error
     check_dataset_labels(tuple(LABELS), config)
     cases = {
-        "wrong count": (LABELS[:3], r"^voc \(val\): its classes do not match the model's labels \(config\.id2label\): "
-                        r"3 classes but the model has 5 labels$"),
-        "wrong order": ([LABELS[1], LABELS[0], *LABELS[2:]],
-                        r"the same classes in another order: class 0 is 'class_1' but the model's is 'class_0'$"),
+        "wrong count": (
+            LABELS[:3],
+            r"^voc \(val\): its classes do not match the model's labels \(config\.id2label\): "
+            r"3 classes but the model has 5 labels$",
+        ),
+        "wrong order": (
+            [LABELS[1], LABELS[0], *LABELS[2:]],
+            r"the same classes in another order: class 0 is 'class_1' but the model's is 'class_0'$",
+        ),
         "other names": ([*LABELS[:4], "dog"], r"class 4 is 'dog' but the model's is 'class_4'$"),
     }
     for name, (dataset_names, message) in cases.items():
@@ -188,8 +193,11 @@ def test_check_dataset_labels_rejects_placeholder_names_and_names_the_model(tmp_
     SADCLConfig.from_preset("tiny", num_labels=3).save_pretrained(tmp_path / "placeholder")  # no names
     config = AutoConfig.from_pretrained(tmp_path / "placeholder")
     assert config.label_names == ["LABEL_0", "LABEL_1", "LABEL_2"]
-    with pytest.raises(ValueError, match=r"model .*placeholder has no label names \(id2label holds LABEL_0 \.\.\. "
-                                         r"LABEL_2\); set id2label"):
+    with pytest.raises(
+        ValueError,
+        match=r"model .*placeholder has no label names \(id2label holds LABEL_0 \.\.\. "
+        r"LABEL_2\); set id2label",
+    ):
         check_dataset_labels(["a", "b", "c"], config)
 
 
@@ -223,8 +231,14 @@ def test_every_caller_uses_the_one_dataset_label_check(tmp_path):
     (tmp_path / "data.json").write_text(json.dumps({"dataset": "digits-mosaic", "dataset_options": options}))
     commands = {
         "compute_prototypes": ["--config", tmp_path / "data.json", "--output", tmp_path / "prototypes.npy"],
-        "visualize_features": ["--dataset", "digits-mosaic", "--dataset-options", json.dumps(options),
-                               "--output-dir", tmp_path / "figures"],
+        "visualize_features": [
+            "--dataset",
+            "digits-mosaic",
+            "--dataset-options",
+            json.dumps(options),
+            "--output-dir",
+            tmp_path / "figures",
+        ],
     }
     for script, arguments in commands.items():
         result = run_script(script, ["--model", tmp_path / "model", "--split", "validation", *arguments])

@@ -108,14 +108,20 @@ def test_inferred_architectures():
         args = json.loads((LOCAL_FIXTURES / f"{family}_config.json").read_text())["official_args"]
         assert (config.backbone, config.backbone_kwargs) == (backbone, kwargs)
         assert (config.num_labels, config.hidden_dim, config.dim_feedforward) == (
-            args["num_class"], args["hidden_dim"], args["dim_feedforward"]
+            args["num_class"],
+            args["hidden_dim"],
+            args["dim_feedforward"],
         )
         assert (config.num_encoder_layers, config.num_decoder_layers) == (args["enc_layers"], args["dec_layers"])
         assert config.image_size == args["img_size"]
     cvt = config.backbone_config
     assert isinstance(cvt, CvtConfig) and not config.use_timm_backbone
-    assert (cvt.embed_dim, cvt.depth, cvt.num_heads, cvt.cls_token) == ([16, 32, 64], [2, 2, 3], [1, 2, 4],
-                                                                        [False, False, True])
+    assert (cvt.embed_dim, cvt.depth, cvt.num_heads, cvt.cls_token) == (
+        [16, 32, 64],
+        [2, 2, 3],
+        [1, 2, 4],
+        [False, False, True],
+    )
     assert cvt.hidden_act == "quick_gelu" and config.backbone_layer_norm
     with pytest.raises(ValueError, match="backbone-num-heads"):  # heads are not in the weights
         convert_official_state_dict(load_file(LOCAL_FIXTURES / "cvt_w24_384_state_dict.fp16.safetensors"))
@@ -211,13 +217,15 @@ def test_full_size_architectures_are_inferred_and_every_tensor_fits(family):
     keys = json.loads((LOCAL_FIXTURES / f"{family}_config.json").read_text())["keys"]
     reduced = {key: torch.empty(shape, device="meta") for key, shape, _ in keys}
     rules = _inverse_renaming(reduced, BACKBONE_HEADS.get(family))
-    config = SADCLConfig(**fields, hidden_dim=channels, dim_feedforward=8192, use_pretrained_backbone=False,
-                         num_labels=80)
+    config = SADCLConfig(
+        **fields, hidden_dim=channels, dim_feedforward=8192, use_pretrained_backbone=False, num_labels=80
+    )
     with torch.device("meta"):
         model = SADCLForImageClassification(config)
     assert model.sadcl.backbone.num_channels == channels  # the released width
     expected = {
-        key: tuple(value.shape) for key, value in model.state_dict().items()
+        key: tuple(value.shape)
+        for key, value in model.state_dict().items()
         if not key.startswith(("projector.", "prototypes")) and not key.endswith("num_batches_tracked")
     }
     official = {_official_name(key, rules): torch.empty(shape, device="meta") for key, shape in expected.items()}
@@ -247,12 +255,18 @@ def test_full_size_resnet101_is_inferred_and_every_tensor_fits():
     for prefix, attention in (("transformer.encoder.layers.0.", "self_attn"),) + tuple(
         (f"transformer.decoder.layers.{i}.", "multihead_attn") for i in range(2)
     ):
-        state.update({
-            f"{prefix}{attention}.in_proj_weight": meta(3 * d, d), f"{prefix}{attention}.in_proj_bias": meta(3 * d),
-            f"{prefix}{attention}.out_proj.weight": meta(d, d), f"{prefix}{attention}.out_proj.bias": meta(d),
-            f"{prefix}linear1.weight": meta(ff, d), f"{prefix}linear1.bias": meta(ff),
-            f"{prefix}linear2.weight": meta(d, ff), f"{prefix}linear2.bias": meta(d),
-        })
+        state.update(
+            {
+                f"{prefix}{attention}.in_proj_weight": meta(3 * d, d),
+                f"{prefix}{attention}.in_proj_bias": meta(3 * d),
+                f"{prefix}{attention}.out_proj.weight": meta(d, d),
+                f"{prefix}{attention}.out_proj.bias": meta(d),
+                f"{prefix}linear1.weight": meta(ff, d),
+                f"{prefix}linear1.bias": meta(ff),
+                f"{prefix}linear2.weight": meta(d, ff),
+                f"{prefix}linear2.bias": meta(d),
+            }
+        )
         norms = ("norm1", "norm2") if attention == "self_attn" else ("norm2", "norm3")
         state.update({f"{prefix}{n}.{p}": meta(d) for n in norms for p in ("weight", "bias")})
     state.update({"transformer.decoder.norm.weight": meta(d), "transformer.decoder.norm.bias": meta(d)})
@@ -263,7 +277,8 @@ def test_full_size_resnet101_is_inferred_and_every_tensor_fits():
     with torch.device("meta"):
         model = SADCLForImageClassification(config)
     expected = {
-        key: tuple(value.shape) for key, value in model.state_dict().items()
+        key: tuple(value.shape)
+        for key, value in model.state_dict().items()
         if not key.startswith(("projector.", "prototypes")) and not key.endswith("num_batches_tracked")
     }
     assert {key: tuple(value.shape) for key, value in converted.items()} == expected
@@ -363,11 +378,13 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path, legacy_format):
     state_dict = load_file(LOCAL_FIXTURES / "resnet101_state_dict.fp16.safetensors")
     if legacy_format:  # torch's pre-1.6 format, which is not memory-mapped
         checkpoint = tmp_path / "checkpoint.pth"
-        torch.save({"state_dict": state_dict, "hook": _RunsCode(marker)}, checkpoint,
-                   _use_new_zipfile_serialization=False)
+        torch.save(
+            {"state_dict": state_dict, "hook": _RunsCode(marker)}, checkpoint, _use_new_zipfile_serialization=False
+        )
     else:
-        checkpoint = _q2l_checkpoint(state_dict, tmp_path / "checkpoint.pkl", numpy1_scalar=True,
-                                     hook=_RunsCode(marker))
+        checkpoint = _q2l_checkpoint(
+            state_dict, tmp_path / "checkpoint.pkl", numpy1_scalar=True, hook=_RunsCode(marker)
+        )
     with pytest.raises(pickle.UnpicklingError, match="refused to unpickle.*could run code"):
         convert_official_checkpoint(checkpoint, tmp_path / "out")
     assert not marker.exists() and not (tmp_path / "out").exists()
@@ -388,14 +405,16 @@ def test_dataset_label_names_in_the_released_order(tmp_path):
         )
     names = tmp_path / "vg_category_500.json"  # VG-500's {name: class id} file
     names.write_text(json.dumps({f"object {i}": i for i in reversed(range(6))}))
-    model = convert_official_checkpoint(LOCAL_FIXTURES / "resnet101_state_dict.fp16.safetensors", tmp_path / "vg",
-                                        id2label_file=names, dataset="vg500")
+    model = convert_official_checkpoint(
+        LOCAL_FIXTURES / "resnet101_state_dict.fp16.safetensors", tmp_path / "vg", id2label_file=names, dataset="vg500"
+    )
     assert model.config.label_names == [f"object {i}" for i in range(6)]
     assert "Visual Genome" in ModelCard.load(tmp_path / "vg" / "README.md").text
 
 
-@pytest.mark.parametrize("orid_norm, mean, std", [(False, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-                                                  (True, [0.0] * 3, [1.0] * 3)])
+@pytest.mark.parametrize(
+    "orid_norm, mean, std", [(False, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), (True, [0.0] * 3, [1.0] * 3)]
+)
 def test_saved_processor_is_the_released_inference_preprocessing(tmp_path, orid_norm, mean, std):
     """Query2Label's inference: Resize((img, img)) (PIL bilinear), ToTensor, Normalize (ImageNet, or none with
     `orid_norm`, whichever the backbone's timm default is: TResNet's is mean 0 / std 1)."""
@@ -463,8 +482,16 @@ def test_both_pipelines_tag_with_a_converted_model(converted):
 def test_push_to_hub_from_the_converter(tmp_path, hub):  # noqa: F811
     output = tmp_path / "converted"
     env = client_env(hub, tmp_path)
-    run_python([str(SCRIPT), str(LOCAL_FIXTURES / "resnet101_state_dict.fp16.safetensors"), str(output),
-                "--push-to-hub", "tester/q2l-r101-reduced"], env)
+    run_python(
+        [
+            str(SCRIPT),
+            str(LOCAL_FIXTURES / "resnet101_state_dict.fp16.safetensors"),
+            str(output),
+            "--push-to-hub",
+            "tester/q2l-r101-reduced",
+        ],
+        env,
+    )
     script = textwrap.dedent(
         """
         import sys
@@ -492,15 +519,36 @@ def test_stage_two_trains_from_a_converted_model(tmp_path):
     checkpoint = _q2l_checkpoint(state_dict, tmp_path / "checkpoint.pkl", numpy1_scalar=True)
     names = tmp_path / "digits.json"
     names.write_text(json.dumps([str(i) for i in range(10)]))
-    convert_official_checkpoint(checkpoint, tmp_path / "converted", id2label_file=names, image_size=64,
-                                backbone_num_heads=[1, 2, 4])
+    convert_official_checkpoint(
+        checkpoint, tmp_path / "converted", id2label_file=names, image_size=64, backbone_num_heads=[1, 2, 4]
+    )
     data_options = {"num_train": 16, "num_validation": 8, "num_test": 8, "cache_dir": str(tmp_path / "cache")}
-    metrics = run_training(*parse_arguments([
-        "--config", str(ROOT / "configs" / "demo.yaml"), "--output_dir", str(tmp_path / "stage2"),
-        "--stage", "sadcl", "--model_name_or_path", str(tmp_path / "converted"), "--max_steps", "2",
-        "--dataset_options", json.dumps(data_options), "--per_device_train_batch_size", "8",
-        "--per_device_eval_batch_size", "8", "--logging_steps", "1", "--dataloader_num_workers", "0",
-    ]))
+    metrics = run_training(
+        *parse_arguments(
+            [
+                "--config",
+                str(ROOT / "configs" / "demo.yaml"),
+                "--output_dir",
+                str(tmp_path / "stage2"),
+                "--stage",
+                "sadcl",
+                "--model_name_or_path",
+                str(tmp_path / "converted"),
+                "--max_steps",
+                "2",
+                "--dataset_options",
+                json.dumps(data_options),
+                "--per_device_train_batch_size",
+                "8",
+                "--per_device_eval_batch_size",
+                "8",
+                "--logging_steps",
+                "1",
+                "--dataloader_num_workers",
+                "0",
+            ]
+        )
+    )
     assert np.isfinite(metrics["eval_ema_map"])
     prototypes = load_file(tmp_path / "stage2" / "prototypes.safetensors")
     assert next(iter(prototypes.values())).shape == (10, 64)
@@ -515,9 +563,18 @@ def test_transformers_backbone_config_and_older_configs(tmp_path, tiny_model_dir
     """DETR-style backbone fields: a `backbone_config` dict becomes its transformers config and survives a save;
     `use_timm_backbone=False` needs one; a config.json written before these fields existed loads as a timm model."""
     config = SADCLConfig.from_preset(
-        "tiny", use_timm_backbone=False, backbone_layer_norm=True, backbone_frozen_stages=-1, hidden_dim=64,
-        backbone_config={"model_type": "cvt", "embed_dim": [16, 32, 64], "num_heads": [1, 2, 4], "depth": [2, 2, 3],
-                         "hidden_act": "quick_gelu"},
+        "tiny",
+        use_timm_backbone=False,
+        backbone_layer_norm=True,
+        backbone_frozen_stages=-1,
+        hidden_dim=64,
+        backbone_config={
+            "model_type": "cvt",
+            "embed_dim": [16, 32, 64],
+            "num_heads": [1, 2, 4],
+            "depth": [2, 2, 3],
+            "hidden_act": "quick_gelu",
+        },
     )
     assert isinstance(config.backbone_config, CvtConfig)
     config.save_pretrained(tmp_path)

@@ -26,7 +26,7 @@ from .conftest import PROJECT_ROOT
 KILL_STEP = 4
 FINAL_FILES = ("model.safetensors", "ema.safetensors", "memory_bank-rank0.safetensors")
 
-KILLING_WRAPPER = '''
+KILLING_WRAPPER = """
 import itertools, json, os, runpy, shutil, signal, sys
 import torch
 from sadcl_hf.training.trainer import SADCLTrainer
@@ -87,7 +87,7 @@ def save_killed_at_each_write(self, model, trial):
 
 SADCLTrainer._save_checkpoint = save_killed_at_each_write
 runpy.run_path(sys.argv[0], run_name="__main__")
-'''
+"""
 
 
 def _arguments(output_dir: Path, cache: Path) -> list[str]:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from sadcl_hf.data import (
+    dataset_label_names,
     digits_mosaic_cache_path,
     digits_mosaic_scan_pools,
-    dataset_label_names,
     load_digits_mosaic,
     load_multilabel_dataset,
 )

@@ -17,8 +17,8 @@ from sadcl_hf.data import (
     VOC_CLASSES,
     DatasetLayoutError,
     dataset_info,
-    from_hub_dataset,
     dataset_label_names,
+    from_hub_dataset,
     load_coco,
     load_folder,
     load_multilabel_dataset,
@@ -597,6 +597,7 @@ def test_label_names_errors():
         dataset_label_names(plain)
     with pytest.raises(ValueError, match="the dataset has none"):
         dataset_label_names(datasets.Dataset.from_dict({"x": [1]}))
+
     def one_row(names):
         features = datasets.Features({"labels": datasets.List(datasets.ClassLabel(names=names))})
         return datasets.Dataset.from_dict({"labels": [[0]]}, features=features)

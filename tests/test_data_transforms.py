@@ -287,8 +287,14 @@ def test_collator_with_transformers_trainer(tmp_path):
         features=multilabel_features(["x", "y"]),
     )
     arguments = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=2, remove_unused_columns=False, report_to=[],
-        use_cpu=True, max_steps=2, save_strategy="no", logging_strategy="no",
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        remove_unused_columns=False,
+        report_to=[],
+        use_cpu=True,
+        max_steps=2,
+        save_strategy="no",
+        logging_strategy="no",
     )
     collator = MultiLabelCollator(2, transform=eval_transform(8))
     trainer = Trainer(model=TinyClassifier(), args=arguments, train_dataset=dataset, data_collator=collator)

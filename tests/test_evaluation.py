@@ -27,7 +27,6 @@ from sadcl_hf.evaluation import (
     sigmoid,
 )
 
-
 METRIC_NAMES = ["map", "cp", "cr", "cf1", "cf1_mean", "op", "or", "of1"] + [
     f"{name}_top3" for name in ["cp", "cr", "cf1", "cf1_mean", "op", "or", "of1"]
 ]
@@ -146,9 +145,7 @@ def test_average_precision_with_ties_matches_sklearn_and_is_order_invariant(seed
     np.testing.assert_allclose(average_precision(scores[permutation], targets[permutation]), ap, rtol=0, atol=1e-12)
 
     # Documented equivalence: the released per-sample computation with negatives ranked first inside each tie.
-    negatives_first = np.stack(
-        [np.lexsort((targets[:, k], -scores[:, k])) for k in range(scores.shape[1])], axis=1
-    )
+    negatives_first = np.stack([np.lexsort((targets[:, k], -scores[:, k])) for k in range(scores.shape[1])], axis=1)
     np.testing.assert_allclose(ap, _query2label_voc_ap(scores, targets, negatives_first), rtol=0, atol=1e-12)
 
 

@@ -12,13 +12,13 @@ import torch
 from sklearn.metrics import silhouette_score
 
 from sadcl_hf import SADCLConfig, SADCLForImageClassification
-from sadcl_hf.data import load_multilabel_dataset
 from sadcl_hf.analysis.label_features import (
     analyze_label_features,
     collect_label_features,
     plot_label_features,
     separation_scores,
 )
+from sadcl_hf.data import load_multilabel_dataset
 from sadcl_hf.image_processing import eval_collator_for_config
 
 ROOT = Path(__file__).resolve().parents[1]

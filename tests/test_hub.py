@@ -68,10 +68,17 @@ def test_push_then_load_with_remote_code_where_sadcl_hf_is_missing(tiny_model_di
     head = repo.commits[-1]
     assert head.message == "First model" and len(repo.commits) == 2  # creation + one upload commit
     expected_files = {
-        ".gitattributes", "README.md", "model_card_data.json", "config.json", "model.safetensors",
+        ".gitattributes",
+        "README.md",
+        "model_card_data.json",
+        "config.json",
+        "model.safetensors",
         "preprocessor_config.json",
-        "configuration_sadcl.py", "modeling_sadcl.py", "losses.py",
-        "pipeline_image_classification.py", "images.py",  # the stock image-classification pipeline's image loading
+        "configuration_sadcl.py",
+        "modeling_sadcl.py",
+        "losses.py",
+        "pipeline_image_classification.py",
+        "images.py",  # the stock image-classification pipeline's image loading
     }
     assert set(head.files) == expected_files
     assert head.files["model.safetensors"].lfs and not head.files["config.json"].lfs  # weights went through LFS
@@ -247,7 +254,8 @@ def test_push_with_space_writes_a_web_tagger_that_loads_the_pushed_model(tiny_mo
     assert "pushed the Space" in push.stdout and "to tester/sadcl-tagger" in push.stdout
 
     files = hub.repos["spaces/tester/sadcl-tagger"].commits[-1].files
-    assert {"app.py", "requirements.txt", "README.md", "sadcl_hf/app.py", "sadcl_hf/modeling_sadcl.py"} <= set(files)
+    space_files = {"app.py", "requirements.txt", "README.md", "sadcl_hf/serving/web.py", "sadcl_hf/modeling_sadcl.py"}
+    assert space_files <= set(files)
     requirements = files["requirements.txt"].content.decode().splitlines()
     assert {"gradio", "torch", "transformers", "timm"} <= {re.split(r"[<>=!~;\[ ]", line)[0] for line in requirements}
     card = files["README.md"].content.decode()

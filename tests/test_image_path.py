@@ -46,7 +46,7 @@ def loopback_server(respond):
         while not stop.is_set():
             try:
                 connection, _ = listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             connections.append(connection)
             threading.Thread(target=respond, args=(connection, stop), daemon=True).start()
@@ -132,6 +132,7 @@ def test_an_endless_body_fails_once_the_byte_cap_is_exceeded(tagger, stock_class
 
 def png_bytes(width: int, height: int) -> bytes:
     """A valid black 8-bit grayscale PNG of any size, compressed row by row (a 12000x12000 one is ~140 KB)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -216,7 +217,9 @@ def test_stock_pipeline_refuses_what_the_multi_label_pipeline_refuses(
     assert (folder / "bomb.png").stat().st_size < 200_000
     decoded = []
     original_load = PIL.ImageFile.ImageFile.load
-    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", lambda image: decoded.append(image.size) or original_load(image))
+    monkeypatch.setattr(
+        PIL.ImageFile.ImageFile, "load", lambda image: decoded.append(image.size) or original_load(image)
+    )
     for classify in (tagger, stock_classifier):
         with pytest.raises(ImageLoadError, match=r"bomb\.png: 12000x12000 = 144000000 pixels exceeds"):
             classify(str(folder / "bomb.png"))

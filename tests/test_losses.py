@@ -12,18 +12,17 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from sadcl_hf.losses import (
+    LOSS_COMPONENTS,
     AsymmetricLoss,
     PrototypeToSampleContrastiveLoss,
     SADCLLoss,
     SADCLLossOutput,
-    LOSS_COMPONENTS,
     SampleToSampleContrastiveLoss,
     confident_positives,
 )
 
 from .conftest import FIXTURES_DIR, SHARED_REFERENCE_DIR
 from .released_losses import dense_released_sscl
-
 
 # p01-p07 are copied into the repository (tests/fixtures/losses); p08 (24 MB) is read from ../shared/reference.
 SMALL_VECTOR_FILES = [
@@ -53,7 +52,7 @@ ASL_CONFIGS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_vectors(name):
     directory = LOSS_FIXTURES_DIR if name in SMALL_VECTOR_FILES else SHARED_LOSSES_DIR
     path = directory / f"{name}.safetensors"
@@ -214,11 +213,7 @@ def paper_equation_sscl(features, labels, temperature=0.2, base_temperature=0.2)
     batch_size, num_views, num_labels, _ = features.shape
     z = F.normalize(features, dim=-1)
     rows = [
-        (v, b, c)
-        for v in range(num_views)
-        for b in range(batch_size)
-        for c in range(num_labels)
-        if labels[b, c] > 0.5
+        (v, b, c) for v in range(num_views) for b in range(batch_size) for c in range(num_labels) if labels[b, c] > 0.5
     ]
     anchor_losses = []
     for anchor in rows:
@@ -228,9 +223,7 @@ def paper_equation_sscl(features, labels, temperature=0.2, base_temperature=0.2)
             continue
         logits = torch.stack([z[anchor[1], anchor[0], anchor[2]] @ z[b, v, c] / temperature for v, b, c in others])
         log_norm = torch.logsumexp(logits, dim=0)
-        log_probs = [
-            z[anchor[1], anchor[0], anchor[2]] @ z[b, v, c] / temperature - log_norm for v, b, c in positives
-        ]
+        log_probs = [z[anchor[1], anchor[0], anchor[2]] @ z[b, v, c] / temperature - log_norm for v, b, c in positives]
         anchor_losses.append(-(temperature / base_temperature) * torch.stack(log_probs).mean())
     if not anchor_losses:
         return features.sum() * 0
@@ -359,7 +352,7 @@ def test_edge_cases_give_finite_losses_and_gradients(labels_kind):
             [[0.0, 0, 0, 0, 0], [0, 1, 1, 0, 0], [0, 1, 0, 0, 1], [0, 0, 1, 1, 0]]
         ),
     }[labels_kind]
-    for name, loss_fn in all_losses(features, prototypes, labels).items():
+    for name, _loss_fn in all_losses(features, prototypes, labels).items():
         leaf_features = features.clone().requires_grad_()
         leaf_prototypes = prototypes.clone().requires_grad_()
         loss = all_losses(leaf_features, leaf_prototypes, labels)[name]
@@ -394,10 +387,13 @@ def test_asl_is_scaled_clamped_binary_cross_entropy_and_stable():
     labels = torch.tensor([[1.0, 1, 0, 1, 0], [0, 0, 1, 0, 1]])
     loss = AsymmetricLoss()(logits, labels)
     probabilities = torch.sigmoid(logits.detach().double())
-    expected = -1000 * (
-        labels * torch.log(probabilities.clamp(min=1e-5))
-        + (1 - labels) * torch.log((1 - probabilities).clamp(min=1e-5))
-    ).mean()
+    expected = (
+        -1000
+        * (
+            labels * torch.log(probabilities.clamp(min=1e-5))
+            + (1 - labels) * torch.log((1 - probabilities).clamp(min=1e-5))
+        ).mean()
+    )
     assert abs(loss.item() - expected.item()) <= 1e-5 * expected.item()
     loss.backward()
     assert torch.isfinite(logits.grad).all()
@@ -464,8 +460,16 @@ def test_sadcl_loss_combines_the_three_terms():
     label_features, memory_bank = torch.randn(2, 4, 6, 8, generator=generator)
     prototypes = torch.randn(6, 8, generator=generator)
     config = SimpleNamespace(
-        asl_gamma_neg=4, asl_gamma_pos=0, asl_clip=0.05, asl_eps=1e-5, sscl_temperature=0.3,
-        sscl_base_temperature=0.3, sscl_mode="corrected", pscl_temperature=0.1, sscl_weight=10.0, pscl_weight=5.0,
+        asl_gamma_neg=4,
+        asl_gamma_pos=0,
+        asl_clip=0.05,
+        asl_eps=1e-5,
+        sscl_temperature=0.3,
+        sscl_base_temperature=0.3,
+        sscl_mode="corrected",
+        pscl_temperature=0.1,
+        sscl_weight=10.0,
+        pscl_weight=5.0,
     )
     objective = SADCLLoss.from_config(config)
     terms = objective.terms

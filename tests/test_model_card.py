@@ -89,9 +89,10 @@ def test_card_from_a_config_without_metrics():
 
 
 def test_card_names_the_backbone_library():
-    assert "`resnet101.tv_in1k`](https://huggingface.co/timm/resnet101.tv_in1k) (timm)" in create_model_card(
-        SADCLConfig.from_preset("paper-r101-448")
-    ).text
+    assert (
+        "`resnet101.tv_in1k`](https://huggingface.co/timm/resnet101.tv_in1k) (timm)"
+        in create_model_card(SADCLConfig.from_preset("paper-r101-448")).text
+    )
     cvt = SADCLConfig(
         use_timm_backbone=False,
         backbone="microsoft/cvt-13",

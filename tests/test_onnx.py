@@ -15,11 +15,17 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
 
-from sadcl_hf.serving.onnx_export import ONNX_FILE_NAME, count_quantized_convolutions, export_onnx, onnx_session, verify_onnx
+from sadcl_hf.data import load_multilabel_dataset
 from sadcl_hf.serving.backends import BACKENDS, ONNX_BACKENDS
+from sadcl_hf.serving.onnx_export import (
+    ONNX_FILE_NAME,
+    count_quantized_convolutions,
+    export_onnx,
+    onnx_session,
+    verify_onnx,
+)
 from sadcl_hf.serving.onnx_runtime import SADCLOnnxModel
 from sadcl_hf.serving.pipeline import load_pipeline
-from sadcl_hf.data import load_multilabel_dataset
 
 from .conftest import make_tiny_model, run_script
 
@@ -232,7 +238,8 @@ def test_onnx_session_uses_the_measured_settings(exported_model_dir):
     """All graph optimisations, sequential execution, intra-op threads that do not spin-wait (measured fastest,
     `scripts/benchmark.py serving --profile`), for the pipeline's ONNX backend too."""
     for session in (
-        onnx_session(exported_model_dir / ONNX_FILE_NAME), SADCLOnnxModel.from_pretrained(exported_model_dir).session
+        onnx_session(exported_model_dir / ONNX_FILE_NAME),
+        SADCLOnnxModel.from_pretrained(exported_model_dir).session,
     ):
         options = session.get_session_options()
         assert options.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL

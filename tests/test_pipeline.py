@@ -16,12 +16,11 @@ import torch
 from transformers import pipeline
 
 from sadcl_hf import MULTI_LABEL_TASK, MultiLabelImageClassificationPipeline, SADCLConfig, SADCLForImageClassification
-from sadcl_hf.serving.attention_maps import class_attention_maps, colorize, render_attention_grid, save_attention_maps
 from sadcl_hf.data import ImageLoadError, load_image
-from sadcl_hf.evaluation import sigmoid
+from sadcl_hf.evaluation import resolve_thresholds, sigmoid
 from sadcl_hf.image_processing import image_processor_for_config
+from sadcl_hf.serving.attention_maps import class_attention_maps, colorize, render_attention_grid, save_attention_maps
 from sadcl_hf.serving.batch import expand_inputs, predict_images
-from sadcl_hf.evaluation import resolve_thresholds
 
 from .conftest import make_tiny_model, run_script
 
@@ -244,9 +243,23 @@ def image_folder(tmp_path) -> Path:
 def test_predict_script_tags_folders_and_reports_unreadable_files(tagger, tiny_model_dir, image_folder):
     output = image_folder.parent / "preds.jsonl"
     maps_dir = image_folder.parent / "maps"
-    result = run_script("predict", 
-        ["--model", str(tiny_model_dir), str(image_folder), "--output", str(output), "--threshold", "0.45",
-         "--batch-size", "2", "--device", "cpu", "--attention-maps", str(maps_dir)]
+    result = run_script(
+        "predict",
+        [
+            "--model",
+            str(tiny_model_dir),
+            str(image_folder),
+            "--output",
+            str(output),
+            "--threshold",
+            "0.45",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--attention-maps",
+            str(maps_dir),
+        ],
     )
     assert result.returncode == 0, result.stderr
     assert "broken.jpg" in result.stderr
@@ -266,9 +279,20 @@ def test_predict_script_csv_output_with_a_threshold_file(tiny_model_dir, image_f
     thresholds = tmp_path / "thresholds.json"
     thresholds.write_text(json.dumps({name: (0.0 if name == "class_4" else 1.0) for name in LABELS}))
     output = tmp_path / "preds.csv"
-    result = run_script("predict", 
-        ["--model", str(tiny_model_dir), str(image_folder / "a.png"), str(image_folder / "broken.jpg"),
-         "--output", str(output), "--thresholds", str(thresholds), "--device", "cpu"]
+    result = run_script(
+        "predict",
+        [
+            "--model",
+            str(tiny_model_dir),
+            str(image_folder / "a.png"),
+            str(image_folder / "broken.jpg"),
+            "--output",
+            str(output),
+            "--thresholds",
+            str(thresholds),
+            "--device",
+            "cpu",
+        ],
     )
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(output.open()))

@@ -12,7 +12,6 @@ import torch
 from sklearn.datasets import load_sample_images
 from transformers import AutoImageProcessor, pipeline
 
-from .conftest import make_tiny_model
 from sadcl_hf.analysis.calibration import predict_scores
 from sadcl_hf.data import load_image, load_multilabel_dataset, multilabel_features
 from sadcl_hf.evaluation import mean_average_precision
@@ -23,9 +22,11 @@ from sadcl_hf.image_processing import (
     image_processor_for_config,
     processor_draft_size,
 )
-from sadcl_hf.training.prototypes import compute_dataset_prototypes
 from sadcl_hf.training.arguments import SADCLTrainingArguments
+from sadcl_hf.training.prototypes import compute_dataset_prototypes
 from sadcl_hf.training.trainer import SADCLTrainer
+
+from .conftest import make_tiny_model
 
 IMAGE_SIZE = 48  # not the photos' sizes, so every path resizes
 
@@ -101,8 +102,12 @@ def test_every_path_gives_the_same_tensors_on_odd_photographs(saved_model, photo
     processor = image_processor_for_config(model.config)
     draft_size = processor_draft_size(processor)  # JPEGs decode at the processor's size on every path
     reference = torch.stack(
-        [processor(images=load_image(photo_files[name], draft_size=draft_size), return_tensors="pt")[
-            "pixel_values"][0] for name in names]
+        [
+            processor(images=load_image(photo_files[name], draft_size=draft_size), return_tensors="pt")["pixel_values"][
+                0
+            ]
+            for name in names
+        ]
     )
     assert reference.shape == (len(names), 3, IMAGE_SIZE, IMAGE_SIZE) and torch.isfinite(reference).all()
 
@@ -118,8 +123,10 @@ def test_every_path_gives_the_same_tensors_on_odd_photographs(saved_model, photo
     )
     saved_processor = AutoImageProcessor.from_pretrained(folder)
     paths["predict / calibration (AutoImageProcessor)"] = torch.cat(
-        [saved_processor(images=tagger.load_image(photo_files[name]), return_tensors="pt")["pixel_values"]
-         for name in names]
+        [
+            saved_processor(images=tagger.load_image(photo_files[name]), return_tensors="pt")["pixel_values"]
+            for name in names
+        ]
     )
     recorder = PixelRecorder(model)
     try:
@@ -131,7 +138,9 @@ def test_every_path_gives_the_same_tensors_on_odd_photographs(saved_model, photo
     finally:
         del model.forward
     for name, pixels in paths.items():
-        torch.testing.assert_close(pixels.float(), reference, atol=1e-5, rtol=0, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            pixels.float(), reference, atol=1e-5, rtol=0, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
     pipeline_scores = [
         {item["label"]: item["score"] for item in tagger(photo_files[name], threshold=0.0)} for name in names
@@ -146,7 +155,12 @@ def test_trainer_evaluate_map_equals_the_pipelines(saved_model, tmp_path):
     stays encoded as in `run_training` ([`encoded_images`]), so both decode each JPEG at the processor's draft size."""
     model = make_tiny_model(num_labels=10, seed=3, image_size=IMAGE_SIZE).eval()
     split = load_multilabel_dataset(
-        "digits-mosaic", split="validation", num_train=8, num_validation=40, num_test=8, image_size=72,
+        "digits-mosaic",
+        split="validation",
+        num_train=8,
+        num_validation=40,
+        num_test=8,
+        image_size=72,
         cache_dir=tmp_path / "cache",
     )
     arguments = SADCLTrainingArguments(
@@ -175,8 +189,9 @@ def test_trainer_evaluate_map_equals_the_pipelines(saved_model, tmp_path):
     image_processor_for_config(model.config).save_pretrained(tmp_path / "model")
     tagger = pipeline("multi-label-image-classification", model=str(tmp_path / "model"))
     outputs = tagger(jpegs, threshold=0.0, batch_size=8)
-    scores = np.array([[{o["label"]: o["score"] for o in output}[name] for name in model.config.label_names]
-                       for output in outputs])
+    scores = np.array(
+        [[{o["label"]: o["score"] for o in output}[name] for name in model.config.label_names] for output in outputs]
+    )
     targets = np.zeros_like(scores)
     for row, labels in enumerate(split["labels"]):
         targets[row, labels] = 1

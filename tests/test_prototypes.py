@@ -9,8 +9,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from sadcl_hf.training.prototypes import OnlinePrototypeInitializer, compute_prototypes, load_prototypes, save_prototypes
-
+from sadcl_hf.training.prototypes import (
+    OnlinePrototypeInitializer,
+    compute_prototypes,
+    load_prototypes,
+    save_prototypes,
+)
 
 NUM_LABELS, DIM = 4, 3
 

@@ -4,9 +4,9 @@
 import io
 import json
 import os
-import tarfile
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import datasets
@@ -112,7 +112,8 @@ def test_two_processes_stream_disjoint_shards_and_finish(parquet_root, tmp_path)
         "--mixed_precision", "no", str(script), str(record_dir),
         "--config", str(ROOT / "configs" / "demo.yaml"), "--stage", "single", "--streaming",
         "--dataset_root", str(parquet_root), "--train_split", "train", "--eval_split", "validation",
-        "--output_dir", str(tmp_path / "run"), "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
+        "--output_dir", str(tmp_path / "run"),
+        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8",
         "--max_steps", "3", "--logging_steps", "1", "--dataloader_num_workers", "0", "--image_size", "32",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

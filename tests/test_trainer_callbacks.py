@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 from timm.utils.model_ema import ModelEmaV3
 from transformers import TrainerCallback, TrainerControl, TrainerState
 
+from sadcl_hf.training.arguments import SADCLTrainingArguments
 from sadcl_hf.training.callbacks import (
     CHECKPOINT_COMPLETE_NAME,
     EMA_WEIGHTS_NAME,
@@ -18,7 +19,6 @@ from sadcl_hf.training.callbacks import (
     process_file_name,
     resolve_resume_checkpoint,
 )
-from sadcl_hf.training.arguments import SADCLTrainingArguments
 from sadcl_hf.training.trainer import SADCLTrainer
 
 from .conftest import make_tiny_model

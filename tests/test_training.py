@@ -287,8 +287,8 @@ def test_compute_prototypes_script(tmp_path, data_options):
     assert "images per class" in result.stdout
     # the same as the function on the same data: the mean label feature over each class's positive images
     from sadcl_hf.data import load_multilabel_dataset
-    from sadcl_hf.training.prototypes import compute_prototypes
     from sadcl_hf.image_processing import eval_collator_for_config
+    from sadcl_hf.training.prototypes import compute_prototypes
 
     train = load_multilabel_dataset("digits-mosaic", split="train", **data_options)
     loader = torch.utils.data.DataLoader(train, batch_size=16, collate_fn=eval_collator_for_config(model.config))

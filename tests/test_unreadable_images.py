@@ -19,12 +19,14 @@ from sadcl_hf.data import (
     read_unreadable_list,
 )
 from sadcl_hf.evaluation import mean_average_precision
-from sadcl_hf.image_processing import eval_collator_for_config, evaluation_dataloader
+from sadcl_hf.image_processing import eval_collator_for_config
 
 from .conftest import run_script
 
 
-def write_folder(root: Path, num_train: int, corrupt: set[int], corrupt_validation: frozenset[int] = frozenset()) -> Path:
+def write_folder(
+    root: Path, num_train: int, corrupt: set[int], corrupt_validation: frozenset[int] = frozenset()
+) -> Path:
     """`root/{train,validation}/metadata.csv` over 16x16 PNGs labelled red/blue; `train/NNNN.png` for `corrupt` (and
     `validation/NNNN.png` for `corrupt_validation`) are garbage bytes."""
     rng = np.random.default_rng(0)
@@ -62,9 +64,7 @@ def test_one_unreadable_image_in_the_middle_does_not_stop_training(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     # 4 steps x 8 > 24 images: the file comes twice, is warned about once
     assert result.stderr.count(f"Skipping unreadable image {bad}") == 1
-    assert f"Skipped 1 unreadable image(s), listed in {tmp_path / 'run' / 'unreadable_images.txt'}" in (
-        result.stderr
-    )
+    assert f"Skipped 1 unreadable image(s), listed in {tmp_path / 'run' / 'unreadable_images.txt'}" in (result.stderr)
     assert read_unreadable_list(tmp_path / "run" / "unreadable_images.txt") == [str(bad)]
     results = json.loads((tmp_path / "run" / "all_results.json").read_text())
     assert results["train_unreadable_images"] == 1
@@ -159,14 +159,22 @@ def test_two_stage_run_skips_an_unreadable_validation_and_training_image(tmp_pat
     stage2 = run_script(
         "train",
         train_arguments(
-            root, tmp_path / "stage2", *epochs, "--stage", "sadcl", "--model_name_or_path", tmp_path / "stage1" / "model"
+            root,
+            tmp_path / "stage2",
+            *epochs,
+            "--stage",
+            "sadcl",
+            "--model_name_or_path",
+            tmp_path / "stage1" / "model",
         ),
     )
     assert stage2.returncode == 0, stage2.stderr[-3000:]
     for result, run in ((stage1, tmp_path / "stage1"), (stage2, tmp_path / "stage2")):
         for bad in (bad_train, bad_validation):  # met by the prototypes, 2 epochs of training and 2 evaluations
             assert result.stderr.count(f"Skipping unreadable image {bad}") == 1
-        assert sorted(read_unreadable_list(run / "unreadable_images.txt")) == sorted([str(bad_train), str(bad_validation)])
+        assert sorted(read_unreadable_list(run / "unreadable_images.txt")) == sorted(
+            [str(bad_train), str(bad_validation)]
+        )
         assert json.loads((run / "all_results.json").read_text())["train_unreadable_images"] == 2
     assert (tmp_path / "stage2" / "prototypes.safetensors").is_file()
 

@@ -33,9 +33,7 @@ from ..evaluation import (
 __all__ = ["calibrate_thresholds", "format_calibration_report", "load_thresholds", "predict_scores"]
 
 
-def load_thresholds(
-    path: str | os.PathLike, num_labels: int, label_names: Sequence[str] | None = None
-) -> list[float]:
+def load_thresholds(path: str | os.PathLike, num_labels: int, label_names: Sequence[str] | None = None) -> list[float]:
     """Reads per-class thresholds from a JSON file.
 
     The file holds either a list of `num_labels` numbers in class-index order, or an object mapping every label
@@ -169,7 +167,12 @@ def calibrate_thresholds(
     config = model.config
     _check_dataset_labels(dataset, config)
     scores, targets = predict_scores(
-        model, dataset, image_processor, batch_size=batch_size, num_workers=num_workers, device=device,
+        model,
+        dataset,
+        image_processor,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
         show_progress=show_progress,
     )
     thresholds_before = resolve_thresholds(None, config)

@@ -212,9 +212,7 @@ def analyze_label_features(
     embeddings that [`plot_label_features`] draws."""
     collected = collect_label_features(model, dataset, max_features=max_features, batch_size=batch_size)
     scores = separation_scores(collected.features, collected.classes)
-    scores.update(
-        {f"projected_{k}": v for k, v in separation_scores(collected.projected, collected.classes).items()}
-    )
+    scores.update({f"projected_{k}": v for k, v in separation_scores(collected.projected, collected.classes).items()})
     analysis = FeatureAnalysis(
         features=collected, scores=scores, prototypes_trained=getattr(model.config, "objective", "sadcl") != "asl"
     )

@@ -22,7 +22,7 @@ from .digits_mosaic import (
 )
 from .folder import from_hub_dataset, load_folder
 from .images import ImageLoadError, load_image
-from .loading import DATASETS, DATASET_NAMES, DATASET_SPLITS, DatasetInfo, dataset_info, load_multilabel_dataset
+from .loading import DATASET_NAMES, DATASET_SPLITS, DATASETS, DatasetInfo, dataset_info, load_multilabel_dataset
 from .nuswide import NUS_WIDE_CONCEPTS, NUS_WIDE_SPLITS, load_nuswide
 from .transforms import (
     DEFAULT_CROP_SCALES,
@@ -33,7 +33,6 @@ from .transforms import (
 )
 from .vg500 import VG500_NUM_CLASSES, VG500_SPLITS, load_vg500
 from .voc import VOC_CLASSES, VOC_DIFFICULT_MODES, VOC_SPLITS, load_voc
-
 
 __all__ = [
     "COCO_SPLITS",

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional, Union
 
 import datasets
 
 from .common import DatasetLayoutError, build_multilabel_dataset, require_dir, require_file, select_splits
-
 
 __all__ = ["COCO_SPLITS", "load_coco"]
 
@@ -70,14 +68,14 @@ def _load_split(
 
 
 def load_coco(
-    root: Union[str, os.PathLike],
-    split: Optional[str] = None,
+    root: str | os.PathLike,
+    split: str | None = None,
     *,
     year: int = 2014,
     drop_unlabeled: bool = False,
     skip_missing: bool = False,
     skip_unreadable: bool = False,
-) -> Union[datasets.Dataset, datasets.DatasetDict]:
+) -> datasets.Dataset | datasets.DatasetDict:
     """Load MS-COCO (2014 or 2017) object annotations as multi-label image classification.
 
     Download (https://cocodataset.org/#download): `train{year}.zip`, `val{year}.zip` and
@@ -111,7 +109,5 @@ def load_coco(
     if not os.path.isdir(root):
         raise DatasetLayoutError(f"COCO root {root} is not a directory. {_LAYOUT_HINT.format(year=year)}")
     splits = select_splits(split, COCO_SPLITS, "COCO")
-    loaded = {
-        name: _load_split(root, name, year, drop_unlabeled, skip_missing, skip_unreadable) for name in splits
-    }
+    loaded = {name: _load_split(root, name, year, drop_unlabeled, skip_missing, skip_unreadable) for name in splits}
     return loaded[split] if split is not None else datasets.DatasetDict(loaded)

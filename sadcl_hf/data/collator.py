@@ -6,15 +6,14 @@ import logging
 import numbers
 import os
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torchvision.transforms import v2
 
 from .images import ImageLoadError, load_image
-
 
 __all__ = ["MultiLabelCollator", "TooManyUnreadableImagesError", "read_unreadable_list"]
 
@@ -33,7 +32,7 @@ class TooManyUnreadableImagesError(RuntimeError):
         super().__init__(message)
 
 
-def read_unreadable_list(path: Union[str, os.PathLike]) -> list[str]:
+def read_unreadable_list(path: str | os.PathLike) -> list[str]:
     """The distinct image files recorded in a collator's `unreadable_list` file (empty when it does not exist)."""
     if not os.path.isfile(path):
         return []
@@ -87,23 +86,25 @@ class MultiLabelCollator:
     def __init__(
         self,
         num_labels: int,
-        transform: Optional[Callable[[Any], torch.Tensor]] = None,
+        transform: Callable[[Any], torch.Tensor] | None = None,
         image_column: str = "image",
         label_column: str = "labels",
         max_unreadable_fraction: float = 0.0,
-        unreadable_list: Optional[Union[str, os.PathLike]] = None,
-        draft_size: Optional[tuple[int, int]] = None,
+        unreadable_list: str | os.PathLike | None = None,
+        draft_size: tuple[int, int] | None = None,
         drop_unreadable: bool = False,
     ) -> None:
         if not isinstance(num_labels, numbers.Integral) or num_labels < 1:
             raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}.")
-        if isinstance(max_unreadable_fraction, bool) or not isinstance(max_unreadable_fraction, numbers.Real) or not (
-            0.0 <= max_unreadable_fraction <= 1.0
+        if (
+            isinstance(max_unreadable_fraction, bool)
+            or not isinstance(max_unreadable_fraction, numbers.Real)
+            or not (0.0 <= max_unreadable_fraction <= 1.0)
         ):
             raise ValueError(f"max_unreadable_fraction must be a number in [0, 1], got {max_unreadable_fraction!r}.")
         self.num_labels = int(num_labels)
-        self.transform = transform if transform is not None else v2.Compose(
-            [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+        self.transform = (
+            transform if transform is not None else v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
         )
         self.image_column = image_column
         self.label_column = label_column
@@ -115,7 +116,7 @@ class MultiLabelCollator:
         self.num_unreadable = 0
         self.unreadable_files: set[str] = set()
         self._family = uuid.uuid4().hex  # shared by this collator's copies in dataloader workers
-        self._reserve: Optional[tuple[Any, torch.Tensor]] = None  # a readable (image, target) of an earlier batch
+        self._reserve: tuple[Any, torch.Tensor] | None = None  # a readable (image, target) of an earlier batch
 
     def __repr__(self) -> str:
         return (
@@ -157,7 +158,7 @@ class MultiLabelCollator:
             )
         return pixels.to(torch.float32)
 
-    def _counts(self, new_source: Optional[str]) -> tuple[int, int, int]:
+    def _counts(self, new_source: str | None) -> tuple[int, int, int]:
         """(unreadable images, distinct unreadable files, images seen) of this process's dataloader iteration (see
         the class docstring), after recording `new_source`, a file this copy had not met."""
         worker = torch.utils.data.get_worker_info()

@@ -13,13 +13,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from typing import Optional, Union
 
 import datasets
 from tqdm.auto import tqdm
 
 from .images import ImageLoadError, load_image
-
 
 __all__ = [
     "select_splits",
@@ -33,7 +31,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-AnyDataset = Union[datasets.Dataset, datasets.DatasetDict, datasets.IterableDataset, datasets.IterableDatasetDict]
+AnyDataset = datasets.Dataset | datasets.DatasetDict | datasets.IterableDataset | datasets.IterableDatasetDict
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -60,7 +58,7 @@ def require_dir(path: str, what: str, hint: str = "") -> str:
     raise DatasetLayoutError(message)
 
 
-def select_splits(split: Optional[str], available: Sequence[str], dataset: str) -> tuple[str, ...]:
+def select_splits(split: str | None, available: Sequence[str], dataset: str) -> tuple[str, ...]:
     """The splits to load: `(split,)`, or all of `available` when `split` is None; an unknown split is an error
     naming the dataset and the choices."""
     if split is None:
@@ -111,7 +109,7 @@ def dataset_label_names(dataset: AnyDataset) -> list[str]:
 
 def _missing_paths(paths: Sequence[str]) -> list[int]:
     """Indices of `paths` absent from their folder (one directory listing per folder, not one stat per file)."""
-    listings: dict[str, Optional[set]] = {}
+    listings: dict[str, set | None] = {}
     missing = []
     for index, path in enumerate(paths):
         folder, name = os.path.split(path)

@@ -26,7 +26,7 @@ import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import datasets
 import numpy as np
@@ -35,7 +35,6 @@ from tqdm.auto import tqdm
 
 from ..configuration_sadcl import DIGIT_CLASSES
 from .common import multilabel_features
-
 
 __all__ = [
     "DIGITS_MOSAIC_SPLITS",
@@ -211,7 +210,7 @@ def _parameters(
     image_size: int,
     min_digits: int,
     max_digits: int,
-    digit_size: Optional[tuple[int, int]],
+    digit_size: tuple[int, int] | None,
     seed: int,
     scan_fractions: tuple[float, float, float],
 ) -> dict:
@@ -243,13 +242,13 @@ def _parameters(
     }
 
 
-def _cache_path(parameters: dict, cache_dir: Optional[Union[str, os.PathLike]]) -> str:
+def _cache_path(parameters: dict, cache_dir: str | os.PathLike | None) -> str:
     key = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:16]
     root = os.fspath(cache_dir) if cache_dir is not None else _default_cache_root()
     return os.path.join(root, "digits-mosaic", key)
 
 
-def digits_mosaic_cache_path(cache_dir: Optional[Union[str, os.PathLike]] = None, **parameters: Any) -> str:
+def digits_mosaic_cache_path(cache_dir: str | os.PathLike | None = None, **parameters: Any) -> str:
     """The folder where [`load_digits_mosaic`] caches the dataset for these parameters (same keywords)."""
     unknown = set(parameters) - set(_DEFAULTS)
     if unknown:
@@ -258,7 +257,7 @@ def digits_mosaic_cache_path(cache_dir: Optional[Union[str, os.PathLike]] = None
 
 
 def load_digits_mosaic(
-    split: Optional[str] = None,
+    split: str | None = None,
     *,
     num_train: int = 4000,
     num_validation: int = 500,
@@ -266,12 +265,12 @@ def load_digits_mosaic(
     image_size: int = 64,
     min_digits: int = 1,
     max_digits: int = 4,
-    digit_size: Optional[tuple[int, int]] = None,
+    digit_size: tuple[int, int] | None = None,
     seed: int = 0,
     scan_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
-    cache_dir: Optional[Union[str, os.PathLike]] = None,
+    cache_dir: str | os.PathLike | None = None,
     overwrite_cache: bool = False,
-) -> Union[datasets.Dataset, datasets.DatasetDict]:
+) -> datasets.Dataset | datasets.DatasetDict:
     """Build (or load from the cache) the `digits-mosaic` multi-label dataset.
 
     Args:
@@ -371,9 +370,7 @@ def _save_atomically(dataset_dict: datasets.DatasetDict, path: str, parameters: 
     logger.info("Cached digits-mosaic at %s", path)
 
 
-def digits_mosaic_examples(
-    directory: str | os.PathLike, num_examples: int = 8, **dataset_options: Any
-) -> list[Path]:
+def digits_mosaic_examples(directory: str | os.PathLike, num_examples: int = 8, **dataset_options: Any) -> list[Path]:
     """Writes the first `num_examples` digits-mosaic test images to `directory/test_<i>.png` (kept if present) and
     returns their paths; `dataset_options` go to [`load_digits_mosaic`]."""
 
@@ -388,9 +385,7 @@ def digits_mosaic_examples(
     return paths
 
 
-def default_examples(
-    label_names: Sequence[str], directory: str | os.PathLike, num_examples: int = 8
-) -> list[Path]:
+def default_examples(label_names: Sequence[str], directory: str | os.PathLike, num_examples: int = 8) -> list[Path]:
     """[`digits_mosaic_examples`] for a model whose labels are the digits "0" ... "9" (the demo's), else none."""
     if num_examples < 1 or tuple(label_names) != DIGIT_CLASSES:
         return []

@@ -7,12 +7,11 @@ import json
 import os
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any
 
 import datasets
 
 from .common import DatasetLayoutError, build_multilabel_dataset, multilabel_features
-
 
 __all__ = ["from_hub_dataset", "load_folder"]
 
@@ -86,7 +85,7 @@ def _check_own_classes(rows: list[tuple[str, list[str], str]], separator: str) -
             f"{where}: {len(singletons)} of {len(rows)} metadata rows have a 'labels' class no other row has (e.g. "
             f"this row: {names}), so the labels are probably not split into class names; set the separator the "
             f"file uses instead of {separator!r} with label_separator (training: --dataset_options "
-            "'{\"label_separator\": \"<separator>\"}'), or give the class names in classes.txt."
+            '\'{"label_separator": "<separator>"}\'), or give the class names in classes.txt.'
         )
 
 
@@ -137,15 +136,15 @@ def _read_metadata(folder: str, separator: str, check_separator: bool) -> list[t
 
 
 def load_folder(
-    root: Union[str, os.PathLike],
-    split: Optional[str] = None,
+    root: str | os.PathLike,
+    split: str | None = None,
     *,
-    label_names: Optional[Sequence[str]] = None,
-    label_separator: Optional[str] = None,
+    label_names: Sequence[str] | None = None,
+    label_separator: str | None = None,
     drop_unlabeled: bool = False,
     skip_missing: bool = False,
     skip_unreadable: bool = False,
-) -> Union[datasets.Dataset, datasets.DatasetDict]:
+) -> datasets.Dataset | datasets.DatasetDict:
     """Load a folder of images described by a metadata file.
 
     Layout, either one split (named `"train"`)::
@@ -254,7 +253,7 @@ def load_folder(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _label_kind(feature: Any, label_column: str) -> tuple[str, bool, Optional[list[str]], int]:
+def _label_kind(feature: Any, label_column: str) -> tuple[str, bool, list[str] | None, int]:
     """(kind, is_list, class names from the feature, fixed list length or -1) of a label column's feature."""
     if isinstance(feature, datasets.ClassLabel):
         return "ids", False, list(feature.names), -1
@@ -281,7 +280,7 @@ def _label_kind(feature: Any, label_column: str) -> tuple[str, bool, Optional[li
     )
 
 
-def _resolve_integer_lists(values: list[list[int]], num_names: Optional[int], label_column: str) -> str:
+def _resolve_integer_lists(values: list[list[int]], num_names: int | None, label_column: str) -> str:
     """Decide whether integer lists are class ids or multi-hot vectors (`label_format="auto"`)."""
     lengths = {len(row) for row in values}
     binary = all(value in (0, 1) for row in values for value in row)
@@ -301,12 +300,12 @@ def _column_values(dataset: datasets.Dataset, column: str) -> list:
 
 
 def from_hub_dataset(
-    dataset: Union[datasets.Dataset, datasets.DatasetDict],
+    dataset: datasets.Dataset | datasets.DatasetDict,
     image_column: str = "image",
     label_column: str = "labels",
-    label_names: Optional[Sequence[str]] = None,
+    label_names: Sequence[str] | None = None,
     label_format: str = "auto",
-) -> Union[datasets.Dataset, datasets.DatasetDict]:
+) -> datasets.Dataset | datasets.DatasetDict:
     """Convert any image dataset (from the Hub or in memory) to the sadcl-hf multi-label schema.
 
     The result has exactly two columns: `image` (`datasets.Image`) and `labels` (`List(ClassLabel(names))`).
@@ -383,7 +382,7 @@ def from_hub_dataset(
     num_classes = len(class_names)
     class_of_name = {name: index for index, name in enumerate(class_names)}
 
-    def to_ids(row: list, row_index: int, part_name: Optional[str]) -> list[int]:
+    def to_ids(row: list, row_index: int, part_name: str | None) -> list[int]:
         where = f"row {row_index}" + (f" of split {part_name!r}" if part_name is not None else "")
         if row is None:
             return []

@@ -27,13 +27,12 @@ import io
 import os
 import time
 import warnings
-from typing import Any, Optional, Union
+from typing import Any
 
 import httpx
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
-
 
 __all__ = [
     "DEFAULT_MAX_URL_BYTES",
@@ -51,7 +50,7 @@ DEFAULT_URL_TIMEOUT = 10.0
 DEFAULT_MAX_URL_BYTES = 50 * 2**20
 """The largest image download accepted (50 MiB)."""
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, PIL.Image.Image, dict, np.ndarray]
+ImageSource = str | os.PathLike | bytes | bytearray | PIL.Image.Image | dict | np.ndarray
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
@@ -70,12 +69,12 @@ class ImageLoadError(ValueError):
         reason (`str`): what went wrong and what was expected.
     """
 
-    def __init__(self, source: str, reason: Optional[str] = None):
+    def __init__(self, source: str, reason: str | None = None):
         if reason is None:
             # torch re-raises a DataLoader worker's error as `type(error)(text)`, the text being "Caught ... Original
             # Traceback ...": keep the worker's own message (the traceback's last line), so the error stays one line.
-            source, _, reason = source.rstrip().rsplit(f"{type(self).__name__}: Cannot load image ", 1)[-1].partition(
-                ": "
+            source, _, reason = (
+                source.rstrip().rsplit(f"{type(self).__name__}: Cannot load image ", 1)[-1].partition(": ")
             )
         self.source = source
         self.reason = reason
@@ -133,7 +132,7 @@ def _draft(image: PIL.Image.Image, draft_size: tuple[int, int], orientation: int
         image.draft(None, (max(1, int(width)), max(1, int(height))))
 
 
-def _open_encoded(data: bytes, name: str, draft_size: Optional[tuple[int, int]] = None) -> PIL.Image.Image:
+def _open_encoded(data: bytes, name: str, draft_size: tuple[int, int] | None = None) -> PIL.Image.Image:
     if len(data) == 0:
         raise ImageLoadError(name, "the file is empty (0 bytes)")
     try:
@@ -156,7 +155,7 @@ def _open_encoded(data: bytes, name: str, draft_size: Optional[tuple[int, int]] 
     return image
 
 
-def fetch_url(url: str, timeout: Optional[float] = DEFAULT_URL_TIMEOUT, max_bytes: int = DEFAULT_MAX_URL_BYTES) -> bytes:
+def fetch_url(url: str, timeout: float | None = DEFAULT_URL_TIMEOUT, max_bytes: int = DEFAULT_MAX_URL_BYTES) -> bytes:
     """The body of `url` (`http://` or `https://`), streamed and bounded.
 
     Args:
@@ -193,7 +192,7 @@ def fetch_url(url: str, timeout: Optional[float] = DEFAULT_URL_TIMEOUT, max_byte
         raise ImageLoadError(url, f"cannot download the image ({error})") from error
 
 
-def processor_draft_size(image_processor: Any) -> Optional[tuple[int, int]]:
+def processor_draft_size(image_processor: Any) -> tuple[int, int] | None:
     """The `draft_size` (upright `(width, height)`) at which [`load_image`] may decode images for
     `image_processor`: its fixed resize target `size={"height", "width"}`. `None` (decode at full size) when it
     does not resize, or resizes to a size that depends on the image's aspect (`shortest_edge`, `longest_edge`,
@@ -254,7 +253,7 @@ def _to_rgb(image: PIL.Image.Image, name: str) -> PIL.Image.Image:
         raise ImageLoadError(name, f"cannot convert pixel mode {mode!r} to RGB ({error})") from error
 
 
-def load_image(source: ImageSource, draft_size: Optional[tuple[int, int]] = None) -> PIL.Image.Image:
+def load_image(source: ImageSource, draft_size: tuple[int, int] | None = None) -> PIL.Image.Image:
     """Open `source` as a fully decoded 8-bit RGB image, upright according to its EXIF orientation.
 
     Args:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 import datasets
 
@@ -16,7 +17,6 @@ from .folder import load_folder
 from .nuswide import NUS_WIDE_SPLITS, load_nuswide
 from .vg500 import VG500_LABEL_FILE, VG500_SPLITS, load_vg500
 from .voc import VOC_SPLITS, load_voc
-
 
 __all__ = ["DATASETS", "DATASET_NAMES", "DATASET_SPLITS", "DatasetInfo", "dataset_info", "load_multilabel_dataset"]
 
@@ -40,15 +40,15 @@ class DatasetInfo:
     name: str
     display_name: str
     load: Callable[..., Any]
-    splits: Optional[tuple[str, ...]]
+    splits: tuple[str, ...] | None
     train_split: str = "train"
     eval_split: str = "validation"
-    label_names: Optional[tuple[str, ...]] = None
-    label_file: Optional[str] = None
+    label_names: tuple[str, ...] | None = None
+    label_file: str | None = None
     needs_root: bool = True
 
 
-def _digits_mosaic(root: Any, split: Optional[str], **options: Any):
+def _digits_mosaic(root: Any, split: str | None, **options: Any):
     if root is not None:
         raise ValueError("'digits-mosaic' is generated from data bundled with scikit-learn and takes no root.")
     return load_digits_mosaic(split, **options)
@@ -63,13 +63,28 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(
             "coco2017", "MS-COCO 2017", partial(load_coco, year=2017), COCO_SPLITS, "train", "val", tuple(COCO_LABELS)
         ),
-        DatasetInfo("voc2007", "PASCAL VOC 2007", partial(load_voc, year=2007), VOC_SPLITS[2007], "trainval", "test",
-                    VOC_CLASSES),
-        DatasetInfo("voc2012", "PASCAL VOC 2012", partial(load_voc, year=2012), VOC_SPLITS[2012], "train", "val",
-                    VOC_CLASSES),
+        DatasetInfo(
+            "voc2007",
+            "PASCAL VOC 2007",
+            partial(load_voc, year=2007),
+            VOC_SPLITS[2007],
+            "trainval",
+            "test",
+            VOC_CLASSES,
+        ),
+        DatasetInfo(
+            "voc2012", "PASCAL VOC 2012", partial(load_voc, year=2012), VOC_SPLITS[2012], "train", "val", VOC_CLASSES
+        ),
         DatasetInfo("nuswide", "NUS-WIDE", load_nuswide, NUS_WIDE_SPLITS, "train", "test", NUS_WIDE_CONCEPTS),
-        DatasetInfo("vg500", "Visual Genome 500 (VG-500)", load_vg500, VG500_SPLITS, "train", "test",
-                    label_file=VG500_LABEL_FILE),
+        DatasetInfo(
+            "vg500",
+            "Visual Genome 500 (VG-500)",
+            load_vg500,
+            VG500_SPLITS,
+            "train",
+            "test",
+            label_file=VG500_LABEL_FILE,
+        ),
         DatasetInfo(
             "digits-mosaic",
             "digits-mosaic (synthetic mosaics of scikit-learn's handwritten digits)",
@@ -82,7 +97,7 @@ DATASETS: dict[str, DatasetInfo] = {
     )
 }
 DATASET_NAMES = tuple(DATASETS)
-DATASET_SPLITS: dict[str, Optional[tuple[str, ...]]] = {name: info.splits for name, info in DATASETS.items()}
+DATASET_SPLITS: dict[str, tuple[str, ...] | None] = {name: info.splits for name, info in DATASETS.items()}
 _ALIASES = {"nus-wide": "nuswide", "vg-500": "vg500"}
 
 
@@ -96,8 +111,8 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 def load_multilabel_dataset(
-    name: str, root: Optional[Union[str, os.PathLike]] = None, split: Optional[str] = None, **options: Any
-) -> Union[datasets.Dataset, datasets.DatasetDict]:
+    name: str, root: str | os.PathLike | None = None, split: str | None = None, **options: Any
+) -> datasets.Dataset | datasets.DatasetDict:
     """Load a multi-label image dataset by name (a `DATASETS` entry).
 
     | name              | splits                      | loader                  |

@@ -5,14 +5,13 @@ from __future__ import annotations
 import ast
 import csv
 import os
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import datasets
 import numpy as np
 
 from ..configuration_sadcl import NUS_WIDE_CONCEPTS
 from .common import DatasetLayoutError, build_multilabel_dataset, require_file, select_splits
-
 
 __all__ = ["NUS_WIDE_CONCEPTS", "NUS_WIDE_SPLITS", "load_nuswide"]
 
@@ -114,7 +113,7 @@ def _pick_column(header: Sequence[str], choices: Sequence[str], path: str, what:
     return None
 
 
-def _read_csv_rows(csv_path: str) -> tuple[list[dict], str, str, Optional[str]]:
+def _read_csv_rows(csv_path: str) -> tuple[list[dict], str, str, str | None]:
     with open(csv_path, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
@@ -128,7 +127,7 @@ def _read_csv_rows(csv_path: str) -> tuple[list[dict], str, str, Optional[str]]:
 def _load_csv(
     root: str,
     splits: Sequence[str],
-    csv_file: Optional[str],
+    csv_file: str | None,
     image_dir: str,
     drop_unlabeled: bool,
     skip_missing: bool,
@@ -196,16 +195,16 @@ def _load_csv(
 
 
 def load_nuswide(
-    root: Union[str, os.PathLike],
-    split: Optional[str] = None,
+    root: str | os.PathLike,
+    split: str | None = None,
     *,
     format: str = "auto",
-    image_dir: Optional[Union[str, os.PathLike]] = None,
-    csv_file: Optional[str] = None,
+    image_dir: str | os.PathLike | None = None,
+    csv_file: str | None = None,
     drop_unlabeled: bool = True,
     skip_missing: bool = False,
     skip_unreadable: bool = False,
-) -> Union[datasets.Dataset, datasets.DatasetDict]:
+) -> datasets.Dataset | datasets.DatasetDict:
     """Load the NUS-WIDE 81-concept benchmark.
 
     Two on-disk formats are accepted (`format="auto"` picks `"official"` when `root/ImageList/` exists, else
@@ -251,9 +250,13 @@ def load_nuswide(
     splits = select_splits(split, NUS_WIDE_SPLITS, "NUS-WIDE")
     if format == "auto":
         format = "official" if os.path.isdir(os.path.join(root, "ImageList")) else "csv"
-        if format == "csv" and csv_file is None and not any(
-            os.path.isfile(os.path.join(root, name))
-            for name in (*_CSV_NAMES, *(f"nus_wide_{split_name}.csv" for split_name in splits))
+        if (
+            format == "csv"
+            and csv_file is None
+            and not any(
+                os.path.isfile(os.path.join(root, name))
+                for name in (*_CSV_NAMES, *(f"nus_wide_{split_name}.csv" for split_name in splits))
+            )
         ):
             raise DatasetLayoutError(
                 f"Could not recognise a NUS-WIDE layout in {root}: expected either the official files "

@@ -18,7 +18,7 @@ How `pipeline("image-classification", model=...)` gets it:
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -49,9 +49,9 @@ CUSTOM_PIPELINES = {
 
 def load_pipeline_image(
     image: Any,
-    timeout: Optional[float] = DEFAULT_URL_TIMEOUT,
+    timeout: float | None = DEFAULT_URL_TIMEOUT,
     max_bytes: int = DEFAULT_MAX_URL_BYTES,
-    draft_size: Optional[tuple[int, int]] = None,
+    draft_size: tuple[int, int] | None = None,
 ) -> PIL.Image.Image:
     """An upright 8-bit RGB image from a URL, a path, encoded bytes, a PIL image, a `{"path", "bytes"}` dict or a
     uint8 array, through [`load_image`] (grayscale/RGBA/CMYK/EXIF, decompression-bomb guard).
@@ -94,9 +94,7 @@ class SADCLImageClassificationPipeline(ImageClassificationPipeline):
         """Whether inputs go through [`load_pipeline_image`]: for SADCL models (transformers' loading otherwise)."""
         return getattr(self.model.config, "model_type", None) == "sadcl"
 
-    def load_image(
-        self, image: Any, timeout: Optional[float] = None, max_bytes: Optional[int] = None
-    ) -> PIL.Image.Image:
+    def load_image(self, image: Any, timeout: float | None = None, max_bytes: int | None = None) -> PIL.Image.Image:
         """`image` as this pipeline's preprocessing opens it: [`load_pipeline_image`] at the image processor's
         draft size, with the call's (else the constructor's, else the default) URL bounds."""
         defaults = self._preprocess_params

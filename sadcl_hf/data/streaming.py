@@ -11,8 +11,9 @@ multi-process run reads its own shards (`datasets.distributed.split_dataset_by_n
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import datasets
 
@@ -24,9 +25,9 @@ _WEBDATASET_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 def load_streaming_dataset(
-    source: Union[str, os.PathLike],
+    source: str | os.PathLike,
     split: str = "train",
-    class_names: Optional[Sequence[str]] = None,
+    class_names: Sequence[str] | None = None,
     **options: Any,
 ) -> datasets.IterableDataset:
     """Streams one split of a multi-label dataset (`streaming=True`: nothing is downloaded or converted up front).
@@ -102,9 +103,7 @@ def _from_webdataset(
     return dataset.map(to_schema, remove_columns=columns, features=multilabel_features(names))
 
 
-def write_parquet_shards(
-    dataset: datasets.Dataset, root: Union[str, os.PathLike], split: str, num_shards: int
-) -> list[Path]:
+def write_parquet_shards(dataset: datasets.Dataset, root: str | os.PathLike, split: str, num_shards: int) -> list[Path]:
     """Writes `dataset` as `num_shards` parquet files `<root>/<split>/<split>-0000i-of-0000n.parquet` (images
     embedded, features in the file metadata) for [`load_streaming_dataset`]."""
     folder = Path(root) / split

@@ -10,14 +10,13 @@ same preprocessing as calibration, prototypes, `predict` and the pipeline.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import PIL.Image
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
-
 
 __all__ = [
     "DEFAULT_CROP_SCALES",
@@ -57,13 +56,13 @@ class MultiScaleCrop(v2.Transform):
 
     def __init__(
         self,
-        size: Union[int, Sequence[int]],
+        size: int | Sequence[int],
         scales: Sequence[float] = DEFAULT_CROP_SCALES,
         max_distort: int = 2,
         fixed_offsets: bool = True,
         interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR,
         antialias: bool = True,
-        input_size: Union[int, Sequence[int], None] = None,
+        input_size: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.size = _pair(size, "size")
@@ -126,7 +125,6 @@ class MultiScaleCrop(v2.Transform):
             antialias=self.antialias,
         )
 
-
     def _resample_box(self, image: PIL.Image.Image, params: dict[str, Any]) -> PIL.Image.Image:
         """The crop `params` (in `input_size` coordinates) resized to `size`, from the original pixels."""
         (input_height, input_width), (height, width) = self.input_size, (image.height, image.width)
@@ -150,7 +148,7 @@ _PIL_RESAMPLE = {
 }
 
 
-def _pair(size: Union[int, Sequence[int]], name: str) -> tuple[int, int]:
+def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
     if isinstance(size, int):
         size = (size, size)
     if len(size) != 2 or min(size) < 1:

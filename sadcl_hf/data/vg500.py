@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import datasets
 
 from .common import DatasetLayoutError, build_multilabel_dataset, select_splits
-
 
 __all__ = ["VG500_NUM_CLASSES", "VG500_SPLITS", "load_vg500"]
 
@@ -35,7 +34,7 @@ def _find_partition_dir(root: str) -> str:
     )
 
 
-def _class_names(partition_dir: str, explicit: Optional[Sequence[str]]) -> list[str]:
+def _class_names(partition_dir: str, explicit: Sequence[str] | None) -> list[str]:
     if explicit is not None:
         names = [str(name) for name in explicit]
         if len(names) != VG500_NUM_CLASSES:
@@ -76,14 +75,14 @@ def _resolve_image(name: str, image_dirs: Sequence[str]) -> str:
 
 
 def load_vg500(
-    root: Union[str, os.PathLike],
-    split: Optional[str] = None,
+    root: str | os.PathLike,
+    split: str | None = None,
     *,
-    image_dir: Optional[Union[str, os.PathLike]] = None,
-    label_names: Optional[Sequence[str]] = None,
+    image_dir: str | os.PathLike | None = None,
+    label_names: Sequence[str] | None = None,
     skip_missing: bool = False,
     skip_unreadable: bool = False,
-) -> Union[datasets.Dataset, datasets.DatasetDict]:
+) -> datasets.Dataset | datasets.DatasetDict:
     """Load Visual Genome 500, the multi-label split of SSGRL (ICCV 2019) used by Query2Label and SADCL.
 
     Download: the images `images.zip` and `images2.zip` from https://visualgenome.org (they unzip to

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ElementTree
-from typing import Optional, Union
 
 import datasets
 
 from ..configuration_sadcl import VOC_CLASSES
 from .common import DatasetLayoutError, build_multilabel_dataset, require_dir, require_file, select_splits
-
 
 __all__ = ["VOC_CLASSES", "VOC_DIFFICULT_MODES", "VOC_SPLITS", "load_voc"]
 
@@ -98,14 +96,14 @@ def _load_split(
 
 
 def load_voc(
-    root: Union[str, os.PathLike],
-    split: Optional[str] = None,
+    root: str | os.PathLike,
+    split: str | None = None,
     *,
     year: int = 2007,
     difficult: str = "negative",
     skip_missing: bool = False,
     skip_unreadable: bool = False,
-) -> Union[datasets.Dataset, datasets.DatasetDict]:
+) -> datasets.Dataset | datasets.DatasetDict:
     """Load PASCAL VOC 2007 or 2012 object annotations as multi-label image classification.
 
     Download (http://host.robots.ox.ac.uk/pascal/VOC/): `VOCtrainval_06-Nov-2007.tar` and

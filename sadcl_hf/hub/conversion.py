@@ -126,8 +126,10 @@ _CVT_RULES: list[tuple[str, Any]] = [  # replacement: a template or a function o
     (r"^stage(\d+)\.cls_token$", r"encoder.stages.\1.cls_token"),
     (
         r"^stage(\d+)\.blocks\.(\d+)\.attn\.conv_proj_(q|k|v)\.(conv|bn)\.",
-        lambda m: f"encoder.stages.{m[1]}.layers.{m[2]}.attention.attention.convolution_projection_"
-        f"{_QKV[m[3]]}.convolution_projection.{'convolution' if m[4] == 'conv' else 'normalization'}.",
+        lambda m: (
+            f"encoder.stages.{m[1]}.layers.{m[2]}.attention.attention.convolution_projection_"
+            f"{_QKV[m[3]]}.convolution_projection.{'convolution' if m[4] == 'conv' else 'normalization'}."
+        ),
     ),
     (
         r"^stage(\d+)\.blocks\.(\d+)\.attn\.proj_(q|k|v)\.",
@@ -485,7 +487,8 @@ def convert_official_state_dict(
         image_size = int(position.shape[-1]) * family.stride if position is not None else 448
     backbone_fields = family.architecture(state_dict, image_size, backbone_num_heads)
     ffn_key = next(
-        key for key in ("transformer.encoder.layers.0.linear1.weight", "transformer.decoder.layers.0.linear1.weight")
+        key
+        for key in ("transformer.encoder.layers.0.linear1.weight", "transformer.decoder.layers.0.linear1.weight")
         if key in state_dict
     )
     config = SADCLConfig(
@@ -575,15 +578,23 @@ def _source_section(checkpoint: Path, config: SADCLConfig, release: str, reporte
     lines.append(
         f"Converted with `scripts/convert_official_checkpoint.py` from {name} (file `{checkpoint.name}`; code: "
         f"{repository}). The architecture is Query2Label's, which is SADCL's stage 1 (SARL)."
-        + (" The projector and prototypes are new (`scripts/train.py --stage sadcl` computes the prototypes)."
-           if release == "query2label" else "")
+        + (
+            " The projector and prototypes are new (`scripts/train.py --stage sadcl` computes the prototypes)."
+            if release == "query2label"
+            else ""
+        )
     )
     if reported_map is not None:
-        lines += ["", f"Reported mAP (`best_mAP` in the checkpoint): **{reported_map:.1f}** — as reported by its "
-                  "authors' run, not measured here."]
+        lines += [
+            "",
+            f"Reported mAP (`best_mAP` in the checkpoint): **{reported_map:.1f}** — as reported by its "
+            "authors' run, not measured here.",
+        ]
     elif entry is not None:
-        lines += ["", f"Reported MS-COCO 2014 mAP: **{entry.reported_map:.1f}** — as reported by its authors, not "
-                  "measured here."]
+        lines += [
+            "",
+            f"Reported MS-COCO 2014 mAP: **{entry.reported_map:.1f}** — as reported by its authors, not measured here.",
+        ]
     lines += ["", f"Licence: {licence}", ""]
     return "\n".join(lines)
 

@@ -1,8 +1,8 @@
 """Pushing a model folder (and optionally a web-tagger Space) to the Hugging Face Hub: behind `scripts/push_to_hub.py`.
 
-    from sadcl_hf.hub.push import push_model_folder
+from sadcl_hf.hub.push import push_model_folder
 
-    push_model_folder("runs/demo/model", "user/sadcl-digits", space_id="user/sadcl-tagger")
+push_model_folder("runs/demo/model", "user/sadcl-digits", space_id="user/sadcl-tagger")
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ To add a backend, add its loader `(model_name_or_path, revision=None) -> model` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from transformers import AutoModelForImageClassification
 
@@ -39,4 +40,3 @@ def load_backend_model(model_name_or_path: str, backend: str = "pytorch", revisi
     if backend != "pytorch":
         return BACKENDS[backend](model_name_or_path, revision=revision)
     return BACKENDS[backend](model_name_or_path, revision=revision, **kwargs)
-

@@ -1,11 +1,11 @@
 """Tagging many images: [`predict_images`] (behind `scripts/predict.py`) and the files it reads and writes.
 
-    from sadcl_hf.serving.batch import predict_images
-    from sadcl_hf.serving.pipeline import load_pipeline
+from sadcl_hf.serving.batch import predict_images
+from sadcl_hf.serving.pipeline import load_pipeline
 
-    tagger = load_pipeline("runs/demo/model")
-    for record in predict_images(tagger, ["photo.jpg", "photos/"], attention_maps_dir="maps"):
-        print(record)  # {"image": ..., "labels": [...], "scores": {label: score}, "attention_map": ...}
+tagger = load_pipeline("runs/demo/model")
+for record in predict_images(tagger, ["photo.jpg", "photos/"], attention_maps_dir="maps"):
+    print(record)  # {"image": ..., "labels": [...], "scores": {label: score}, "attention_map": ...}
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from .attention_maps import logits_and_attention_maps, save_attention_grid
 from ..data import ImageProcessorTransform
 from ..data.images import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT, ImageLoadError, processor_draft_size
 from ..evaluation import sigmoid
+from .attention_maps import logits_and_attention_maps, save_attention_grid
 from .onnx_runtime import SADCLOnnxModel
 from .pipeline import MultiLabelImageClassificationPipeline, load_pipeline_image
 

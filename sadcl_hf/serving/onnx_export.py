@@ -175,7 +175,9 @@ def onnx_session(path: str | os.PathLike, num_threads: int | None = None, provid
 def onnx_logits(path: str | os.PathLike, batches: Iterable[np.ndarray], num_threads: int | None = None) -> np.ndarray:
     """Logits [N, K] of an ONNX classifier (CPU) over `batches` of pixel_values [B, 3, S, S] float32."""
     session = onnx_session(path, num_threads)
-    outputs = [session.run(["logits"], {"pixel_values": np.ascontiguousarray(batch, np.float32)})[0] for batch in batches]
+    outputs = [
+        session.run(["logits"], {"pixel_values": np.ascontiguousarray(batch, np.float32)})[0] for batch in batches
+    ]
     return np.concatenate(outputs)
 
 
@@ -282,4 +284,3 @@ def compare_onnx_models(
         "max_probability_difference": float(np.abs(probabilities[1] - probabilities[0]).max()),
         "tag_agreement": float((tags[0] == tags[1]).mean()),
     }
-

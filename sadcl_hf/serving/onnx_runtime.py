@@ -65,7 +65,7 @@ class SADCLOnnxModel:
         revision: str | None = None,
         providers: list[str] | None = None,
         num_threads: int | None = None,
-    ) -> "SADCLOnnxModel":
+    ) -> SADCLOnnxModel:
         """Loads `file_name` (default `onnx/model.onnx`; `onnx/model_quantized.onnx` for int8) and the config from a
         model folder or a Hub repository."""
         folder = Path(model_name_or_path)
@@ -92,7 +92,7 @@ class SADCLOnnxModel:
     def dtype(self) -> torch.dtype:
         return torch.float32
 
-    def to(self, device) -> "SADCLOnnxModel":
+    def to(self, device) -> SADCLOnnxModel:
         """Only the CPU: choose the accelerator with `providers=` (e.g. `["CUDAExecutionProvider"]`)."""
         if torch.device(device).type != "cpu":
             raise ValueError(
@@ -101,7 +101,7 @@ class SADCLOnnxModel:
             )
         return self
 
-    def eval(self) -> "SADCLOnnxModel":
+    def eval(self) -> SADCLOnnxModel:
         return self
 
     def can_generate(self) -> bool:

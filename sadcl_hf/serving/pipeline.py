@@ -167,7 +167,7 @@ class DeferredModel:
         self.kwargs = {key: value for key, value in kwargs.items() if key not in ("config", "_from_pipeline")}
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> "DeferredModel":
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> DeferredModel:
         return cls(name_or_path, kwargs)
 
 

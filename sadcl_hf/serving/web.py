@@ -14,7 +14,8 @@ threshold re-selects from the stored logits without running the model.
 
 Serving: requests that arrive together are batched (Gradio's `batch=True`, up to `max_batch_size` requests) into one
 forward that returns the logits and the attention maps of every image; one batch runs at a time, while the attention
-map pictures are drawn from the stored maps and re-thresholding is done beside it. Uploaded files are deleted from Gradio's cache `delete_cache` seconds after upload.
+map pictures are drawn from the stored maps and re-thresholding is done beside it. Uploaded files are deleted
+from Gradio's cache `delete_cache` seconds after upload.
 """
 
 from __future__ import annotations
@@ -29,16 +30,16 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .attention_maps import logits_and_attention_maps, render_attention_grid
 from ..data.digits_mosaic import default_examples, digits_mosaic_examples
 from ..data.images import ImageLoadError
-from .onnx_runtime import SADCLOnnxModel
 from ..evaluation import resolve_thresholds
+from .attention_maps import logits_and_attention_maps, render_attention_grid
+from .onnx_runtime import SADCLOnnxModel
 from .pipeline import load_pipeline_image
 
 __all__ = [
     "DEFAULT_DELETE_CACHE", "DEFAULT_MAX_BATCH_SIZE", "DEFAULT_MAX_FILE_SIZE", "WebTagger", "build_app",
-    "default_examples", "digits_mosaic_examples", "space_requirements", "tagger_load_benchmark", "write_space_folder",
+    "default_examples", "digits_mosaic_examples", "tagger_load_benchmark",
 ]  # fmt: skip
 
 DEFAULT_MAX_FILE_SIZE = "20mb"
@@ -361,14 +362,14 @@ def tagger_load_benchmark(
         with ThreadPoolExecutor(min(num_clients, 16)) as pool:  # one session per client, connected before timing
             sessions = list(pool.map(lambda _: Client(url, verbose=False), range(num_clients)))
 
-        def run_client(client_index: int, num_requests: int = num_requests, num_clients: int = num_clients):
+        def run_client(
+            client_index: int, num_requests: int = num_requests, num_clients: int = num_clients, sessions=sessions
+        ):
             latencies = []
             for request_index in range(num_requests):
                 path = image_paths[(client_index + request_index * num_clients) % len(image_paths)]
                 start = perf_counter()
-                sessions[client_index].predict(
-                    [handle_file(os.fspath(path))], False, threshold, api_name="/tag_images"
-                )
+                sessions[client_index].predict([handle_file(os.fspath(path))], False, threshold, api_name="/tag_images")
                 latencies.append(perf_counter() - start)
             return latencies
 

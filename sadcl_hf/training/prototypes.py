@@ -12,15 +12,15 @@ contrastive objective against these prototypes. :func:`compute_prototypes` runs 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..losses import confident_positives
-
 
 __all__ = [
     "OnlinePrototypeInitializer",
@@ -32,13 +32,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 PROTOTYPE_KEY = "prototypes"
 
 
-def load_prototypes(
-    path: PathLike, num_labels: Optional[int] = None, hidden_dim: Optional[int] = None
-) -> torch.Tensor:
+def load_prototypes(path: PathLike, num_labels: int | None = None, hidden_dim: int | None = None) -> torch.Tensor:
     """Loads class prototypes from a `.npy` or `.safetensors` file.
 
     Args:
@@ -195,9 +193,7 @@ class OnlinePrototypeInitializer:
         """`[K, D]` running means; classes never seen keep the row of `fallback` (`[K, D]`). Dtype/device of
         `fallback`."""
         if tuple(fallback.shape) != (self.num_labels, self.dim):
-            raise ValueError(
-                f"`fallback` must have shape [{self.num_labels}, {self.dim}], got {list(fallback.shape)}."
-            )
+            raise ValueError(f"`fallback` must have shape [{self.num_labels}, {self.dim}], got {list(fallback.shape)}.")
         seen = (self.counts > 0).to(fallback.device)[:, None]
         return torch.where(seen, self._confident.means.to(fallback.device, fallback.dtype), fallback.detach())
 
@@ -217,10 +213,10 @@ def compute_prototypes(
     model: torch.nn.Module,
     dataloader: Iterable[Mapping[str, torch.Tensor]],
     threshold: float = 0.85,
-    device: Optional[Union[str, torch.device]] = None,
-    fallback: Optional[torch.Tensor] = None,
+    device: str | torch.device | None = None,
+    fallback: torch.Tensor | None = None,
     progress_bar: bool = True,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Computes the class prototypes of SADCL's second stage.
 
     The prototype of class `k` is the mean raw label feature `label_features[b, k]` over the images `b` where class
@@ -248,8 +244,8 @@ def compute_prototypes(
         device = parameter.device if parameter is not None else torch.device("cpu")
     was_training = model.training
     model.eval()
-    confident_means: Optional[_RunningClassMean] = None
-    present_means: Optional[_RunningClassMean] = None
+    confident_means: _RunningClassMean | None = None
+    present_means: _RunningClassMean | None = None
     try:
         for step, batch in enumerate(tqdm(dataloader, desc="Computing prototypes", disable=not progress_bar)):
             missing = [key for key in ("pixel_values", "labels") if key not in batch]
@@ -306,13 +302,13 @@ def compute_prototypes(
 def compute_dataset_prototypes(
     model: torch.nn.Module,
     dataset: Any,
-    threshold: Optional[float] = None,
+    threshold: float | None = None,
     batch_size: int = 32,
     num_workers: int = 0,
     progress_bar: bool = True,
     max_unreadable_fraction: float = 0.0,
-    unreadable_list: Optional[PathLike] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    unreadable_list: PathLike | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """[`compute_prototypes`] of a SADCL model over a multi-label dataset (`image` and `labels` columns), its
     images preprocessed by the model's own image processor ([`eval_collator_for_config`]), as in evaluation and
     the pipeline.

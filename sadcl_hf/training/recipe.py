@@ -27,13 +27,13 @@ from ..data import (
     read_unreadable_list,
 )
 from ..data.streaming import load_streaming_dataset
+from ..evaluation import check_dataset_labels
 from ..image_processing import (
     backbone_normalization,
     encoded_images,
     eval_collator_for_config,
     image_processor_for_config,
 )
-from ..evaluation import check_dataset_labels
 from ..modeling_sadcl import SADCLForImageClassification
 from .arguments import DataArguments, ModelArguments, SADCLTrainingArguments
 from .prototypes import compute_dataset_prototypes, load_prototypes, save_prototypes

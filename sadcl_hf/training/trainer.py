@@ -17,6 +17,8 @@ from timm.utils.model_ema import ModelEmaV3
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from ..evaluation import compute_metrics as multilabel_compute_metrics
+from ..model_card import model_card_data_of, save_model_card
 from .callbacks import (
     CheckpointStateCallback,
     EMAUpdateCallback,
@@ -28,8 +30,6 @@ from .callbacks import (
     mark_checkpoint_complete,
     resolve_resume_checkpoint,
 )
-from ..evaluation import compute_metrics as multilabel_compute_metrics
-from ..model_card import model_card_data_of, save_model_card
 
 __all__ = ["SADCLTrainer"]
 

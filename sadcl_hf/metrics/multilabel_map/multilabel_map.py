@@ -12,7 +12,6 @@ import numpy as np
 
 from sadcl_hf.evaluation import DEFAULT_THRESHOLD, average_precision, multilabel_metrics, sigmoid
 
-
 __all__ = ["MultilabelMAP"]
 
 _CITATION = """\
