@@ -725,12 +725,12 @@ def demo_sized_model_folder(args: argparse.Namespace, calibration_images: list[s
 
 
 def tagger_load(
-    model: str, backend: str, image_paths: list[str], clients: list[int], repeats: int
+    model: str, backend: str, image_paths: list[str], clients: list[int], repeats: int, max_batch_size: int
 ) -> dict[str, object]:
     """Requests/s and p50/p95 latency of the web tagger (`sadcl_hf.serving.web.build_app`, launched on loopback with the
     `backend`) at each number of concurrent `clients`, each sending images of `image_paths`, through
     `sadcl_hf.serving.web.tagger_load_benchmark`: the best of `repeats` runs per number of clients, with every run and
-    the load average before it."""
+    the load average before it. `max_batch_size` 1 is the tagger without request batching (one request per forward)."""
     import socket
 
     from sadcl_hf.serving.web import WebTagger, build_app, tagger_load_benchmark
@@ -738,7 +738,7 @@ def tagger_load(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app = build_app(WebTagger(model, backend=backend)).queue()
+    app = build_app(WebTagger(model, backend=backend), max_batch_size=max_batch_size).queue()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         runs: dict[str, list[dict[str, object]]] = {str(count): [] for count in clients}
@@ -761,8 +761,9 @@ def run_tagging(args: argparse.Namespace) -> dict[str, object]:
     """`tagging`: images/s of `predict.py`'s path (`sadcl_hf.serving.batch.predict_images`: decode, preprocess, forward,
     records written) on a folder of 12 MP JPEGs for each backend, beside the limits of that path: model-only
     images/s (the forward alone on the same preprocessed batches) and decode-only images/s (loading and preprocessing
-    as `predict_images` does, with its DataLoader workers, no model); then the web tagger's requests/s and latency at
-    1 and 16 concurrent clients. Each figure is the best of `--repeats` runs, with the load average before each."""
+    as `predict_images` does, with its DataLoader workers, no model), and the previous path with PyTorch (full decode,
+    one image at a time, no workers) that `e2e/previous` compares with; then the web tagger's requests/s and latency
+    at 1 and 16 concurrent clients. Each figure is the best of `--repeats` runs, with the load average before each."""
     import platform
 
     from sadcl_hf.serving.batch import PredictionWriter, TaggingInputs, expand_inputs, predict_images
@@ -801,6 +802,21 @@ def run_tagging(args: argparse.Namespace) -> dict[str, object]:
 
         return measure
 
+    def full_decode_loop(tagger) -> Callable[[], float]:
+        """The path before draft decoding and DataLoader workers: each image decoded at full size, preprocessed
+        and scored alone on the main process (a plain decode-and-forward loop)."""
+        from sadcl_hf.data.images import load_image
+
+        def measure() -> float:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                for path in paths:
+                    pixel_values = tagger.image_processor(images=load_image(path), return_tensors="pt")["pixel_values"]
+                    tagger.model(pixel_values=pixel_values.to(tagger.device, tagger.dtype)).logits.sigmoid()
+            return len(paths) / (time.perf_counter() - start)
+
+        return measure
+
     def model_only(tagger, batches: list[torch.Tensor]) -> Callable[[], float]:
         def measure() -> float:
             start = time.perf_counter()
@@ -821,6 +837,7 @@ def run_tagging(args: argparse.Namespace) -> dict[str, object]:
     ]
     worker_counts = sorted({0, args.num_workers})
     measures = {f"decode_only workers_{count}": decode_only(count) for count in worker_counts}
+    measures["pytorch full_decode_loop"] = full_decode_loop(taggers["pytorch"])
     for backend in args.backends:
         model_only(taggers[backend], batches[:1])()  # warm-up (one-time allocations, ONNX Runtime's first run)
         measures[f"{backend} model_only"] = model_only(taggers[backend], batches)
@@ -838,10 +855,21 @@ def run_tagging(args: argparse.Namespace) -> dict[str, object]:
         row["end_to_end_vs_limit"] = best_end_to_end / limit
         row["end_to_end_vs_workers_0"] = best_end_to_end / row["end_to_end_workers_0"]["best"]
         backends[backend] = row
+    previous_path = measured["pytorch full_decode_loop"]
+    for row in backends.values():
+        row["end_to_end_vs_previous_path"] = (
+            row[f"end_to_end_workers_{args.num_workers}"]["best"] / previous_path["best"]
+        )
     serving = {}
     if args.clients:
         for backend in args.serving_backends:
-            serving[backend] = tagger_load(model_folder, backend, paths, args.clients, args.repeats)
+            serving[backend] = tagger_load(
+                model_folder, backend, paths, args.clients, args.repeats, max_batch_size=args.max_batch_size
+            )
+        if args.unbatched_baseline:
+            serving["pytorch, max_batch_size 1"] = tagger_load(
+                model_folder, "pytorch", paths, args.clients, args.repeats, max_batch_size=1
+            )
 
     rows = []
     for backend, row in backends.items():
@@ -852,6 +880,7 @@ def run_tagging(args: argparse.Namespace) -> dict[str, object]:
             "model_only": row["model_only"]["best"],
             f"decode_only_w{args.num_workers}": decode[f"workers_{args.num_workers}"]["best"],
             "e2e/limit": row["end_to_end_vs_limit"],
+            "e2e/previous": row["end_to_end_vs_previous_path"],
         })  # fmt: skip
     columns = list(rows[0])
     print_table(
@@ -875,6 +904,7 @@ def run_tagging(args: argparse.Namespace) -> dict[str, object]:
         "image_size": list(args.photo_size),
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": platform.processor()},
         "decode_only": decode,
+        "previous_path_pytorch": previous_path,
         "backends": backends,
         "tagger_load": serving,
         "load_average_end": load_average(),
@@ -1049,6 +1079,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--clients", type=int, nargs="*", default=[1, 16], help="concurrent tagger clients (none: skip the tagger)"
     )
     tagging.add_argument("--serving-backends", nargs="+", choices=TAGGING_BACKENDS, default=["pytorch"])
+    tagging.add_argument("--max-batch-size", type=int, default=16, help="the tagger's --max-batch-size")
+    tagging.add_argument(
+        "--unbatched-baseline", action="store_true",
+        help="also time the tagger with --max-batch-size 1 (no request batching) at the same numbers of clients",
+    )  # fmt: skip
 
     streaming = subparsers.add_parser("streaming", parents=[common], help="RSS over a streamed training run")
     streaming.add_argument("--num-images", type=int, default=4000, help="digits-mosaic training images in the shards")

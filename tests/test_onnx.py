@@ -250,13 +250,15 @@ def test_onnx_session_uses_the_measured_settings(exported_model_dir):
 def test_benchmark_tagging_reports_end_to_end_beside_its_limits(tiny_model_dir, tmp_path):
     """`benchmark.py tagging` on a few small JPEGs: every backend's end-to-end, model-only and decode-only images/s,
     the missing ONNX graphs exported first, each figure the best of its runs with the load average of each run, and
-    the web tagger's requests/s and latency percentiles per number of concurrent clients."""
+    the previous path (full decode, one image at a time) the end-to-end figures are compared with, and the web
+    tagger's requests/s and latency percentiles per number of concurrent clients, with and without request batching."""
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
     output = tmp_path / "tagging.json"
     arguments = [
         "tagging", "--model", model_dir, "--num-images", 4, "--photo-size", "320x240", "--batch-size", 2,
         "--num-workers", 1, "--repeats", 2, "--clients", 1, 2, "--cache-dir", tmp_path / "cache", "--output", output,
+        "--unbatched-baseline",
     ]  # fmt: skip
     result = run_script("benchmark", arguments)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -273,8 +275,11 @@ def test_benchmark_tagging_reports_end_to_end_beside_its_limits(tiny_model_dir, 
         end_to_end = row["end_to_end_workers_1"]["best"]
         assert 0 < end_to_end and row["end_to_end_vs_limit"] == pytest.approx(end_to_end / row["limit_img_s"])
         assert row["end_to_end_workers_0"]["best"] > 0
-    tagger = report["tagger_load"]["pytorch"]  # the web tagger on loopback, 1 and 2 concurrent clients
-    for clients in ("1", "2"):
-        assert len(tagger[clients]["runs"]) == 2 and tagger[clients]["requests"] == 4 * int(clients)
-        assert 0 < tagger[clients]["p50_s"] <= tagger[clients]["p95_s"]
-    assert tagger["speedup"] == pytest.approx(tagger["2"]["requests_per_s"] / tagger["1"]["requests_per_s"])
+        previous = report["previous_path_pytorch"]["best"]
+        assert previous > 0 and row["end_to_end_vs_previous_path"] == pytest.approx(end_to_end / previous)
+    assert set(report["tagger_load"]) == {"pytorch", "pytorch, max_batch_size 1"}
+    for tagger in report["tagger_load"].values():  # the web tagger on loopback, 1 and 2 concurrent clients
+        for clients in ("1", "2"):
+            assert len(tagger[clients]["runs"]) == 2 and tagger[clients]["requests"] == 4 * int(clients)
+            assert 0 < tagger[clients]["p50_s"] <= tagger[clients]["p95_s"]
+        assert tagger["speedup"] == pytest.approx(tagger["2"]["requests_per_s"] / tagger["1"]["requests_per_s"])
