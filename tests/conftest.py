@@ -29,6 +29,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 
@@ -86,6 +88,12 @@ def make_tiny_model(num_labels: int = 5, seed: int = 0, **overrides) -> SADCLFor
     return SADCLForImageClassification(config)
 
 
+def random_image(seed: int, size=(96, 72), mode="RGB") -> PIL.Image.Image:
+    """Uniform noise of `size` (width, height) in `mode`, fixed by `seed`."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return PIL.Image.fromarray(pixels).convert(mode)
+
+
 @pytest.fixture
 def tiny_model() -> SADCLForImageClassification:
     return make_tiny_model()
@@ -101,3 +109,13 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     model.save_pretrained(path)
     image_processor_for_config(model.config).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tagger(tiny_model_dir):
+    """The multi-label pipeline on [`tiny_model_dir`] (labels class_0 ... class_4)."""
+    from transformers import pipeline
+
+    from sadcl_hf import MULTI_LABEL_TASK
+
+    return pipeline(MULTI_LABEL_TASK, model=str(tiny_model_dir), device="cpu")

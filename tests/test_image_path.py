@@ -169,11 +169,6 @@ def odd_images(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tagger(tiny_model_dir):
-    return pipeline(MULTI_LABEL_TASK, model=str(tiny_model_dir), device="cpu")
-
-
-@pytest.fixture(scope="module")
 def stock_classifier(tiny_model_dir):
     return pipeline("image-classification", model=str(tiny_model_dir), device="cpu")
 

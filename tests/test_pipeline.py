@@ -22,20 +22,10 @@ from sadcl_hf.image_processing import image_processor_for_config
 from sadcl_hf.serving.attention_maps import class_attention_maps, colorize, render_attention_grid, save_attention_maps
 from sadcl_hf.serving.batch import expand_inputs, predict_images
 
-from .conftest import make_tiny_model, run_script
+from .conftest import make_tiny_model, random_image, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = [f"class_{i}" for i in range(5)]
-
-
-def random_image(seed: int, size=(96, 72), mode="RGB") -> PIL.Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return PIL.Image.fromarray(pixels).convert(mode)
-
-
-@pytest.fixture(scope="module")
-def tagger(tiny_model_dir):
-    return pipeline(MULTI_LABEL_TASK, model=str(tiny_model_dir), device="cpu")
 
 
 def reference_scores(tagger, image) -> np.ndarray:

@@ -9,27 +9,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
-import PIL.Image
 import pytest
-from transformers import pipeline
 
-from sadcl_hf import MULTI_LABEL_TASK
 from sadcl_hf.serving.batch import expand_inputs, predict_images, write_caption
 
-from .conftest import PROJECT_ROOT, run_script
-
-LABELS = [f"class_{i}" for i in range(5)]
-
-
-def random_image(seed: int, size=(96, 72), mode="RGB") -> PIL.Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return PIL.Image.fromarray(pixels).convert(mode)
-
-
-@pytest.fixture(scope="module")
-def tagger(tiny_model_dir):
-    return pipeline(MULTI_LABEL_TASK, model=str(tiny_model_dir), device="cpu")
+from .conftest import PROJECT_ROOT, random_image, run_script
 
 
 @pytest.fixture
