@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test demo app benchmark clean
+.PHONY: install browser lint test demo app benchmark clean
 
 # Create .venv and install the package with its test tools; redone when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -14,13 +14,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian's headless Chromium and its driver for the web tagger's browser test (tests/test_app_browser.py), installed
+# with apt (as root, else through sudo) when missing; no browser is downloaded.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	fi
+
 # ruff, as configured in pyproject.toml [tool.ruff]: the lint rules, then the formatter's check (nothing is changed;
 # `ruff check --fix .` and `ruff format .` apply them).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

@@ -1,7 +1,7 @@
 """The web tagger in a real browser: `scripts/app.py` serves a saved model on a free localhost port and headless
-Chromium (Debian's `chromium` and `chromium-driver` packages, installed by `.ci/run`), driven through Selenium, uploads
-an image, reads the tags, sees the thumbnails and the labels marked below threshold, moves the threshold, clicks an
-example thumbnail and uploads a file that is not an image."""
+Chromium (Debian's `chromium` and `chromium-driver` packages, installed by `make test`), driven through Selenium,
+uploads an image, reads the tags, sees the thumbnails and the labels marked below threshold, moves the threshold,
+clicks an example thumbnail and uploads a file that is not an image."""
 
 import os
 import socket
@@ -110,7 +110,7 @@ def app_url(tagged, tmp_path_factory):
 def browser(tmp_path_factory):
     for path in (CHROMIUM, CHROMEDRIVER):
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} is missing: install Debian's chromium and chromium-driver (.ci/run does)")
+            raise FileNotFoundError(f"{path} is missing: `make browser` installs Debian's chromium and chromium-driver")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
