@@ -725,12 +725,19 @@ def demo_sized_model_folder(args: argparse.Namespace, calibration_images: list[s
 
 
 def tagger_load(
-    model: str, backend: str, image_paths: list[str], clients: list[int], repeats: int, max_batch_size: int
+    model: str,
+    backend: str,
+    image_paths: list[str],
+    clients: list[int],
+    repeats: int,
+    max_batch_size: int,
+    requests: int = 160,
 ) -> dict[str, object]:
     """Requests/s and p50/p95 latency of the web tagger (`sadcl_hf.serving.web.build_app`, launched on loopback with the
     `backend`) at each number of concurrent `clients`, each sending images of `image_paths`, through
     `sadcl_hf.serving.web.tagger_load_benchmark`: the best of `repeats` runs per number of clients, with every run and
-    the load average before it. `max_batch_size` 1 is the tagger without request batching (one request per forward)."""
+    the load average before it. `max_batch_size` 1 is the tagger without request batching (one request per forward).
+    Each run sends about `requests` requests (at least 8 per client)."""
     import socket
 
     from sadcl_hf.serving.web import WebTagger, build_app, tagger_load_benchmark
@@ -745,7 +752,10 @@ def tagger_load(
         for _ in range(repeats):
             for count in clients:
                 load = load_average()
-                result = tagger_load_benchmark(f"http://127.0.0.1:{port}/", image_paths, clients=[count])[count]
+                result = tagger_load_benchmark(
+                    f"http://127.0.0.1:{port}/", image_paths, clients=[count],
+                    requests_per_client=max(8, requests // count),
+                )[count]  # fmt: skip
                 runs[str(count)].append({**result, "load_average": load})
     finally:
         app.close()
@@ -861,14 +871,16 @@ def run_tagging(args: argparse.Namespace) -> dict[str, object]:
             row[f"end_to_end_workers_{args.num_workers}"]["best"] / previous_path["best"]
         )
     serving = {}
+    tagger_paths = expand_inputs([args.tagger_images]) if args.tagger_images else paths
     if args.clients:
         for backend in args.serving_backends:
             serving[backend] = tagger_load(
-                model_folder, backend, paths, args.clients, args.repeats, max_batch_size=args.max_batch_size
-            )
+                model_folder, backend, tagger_paths, args.clients, args.repeats, args.max_batch_size,
+                args.tagger_requests,
+            )  # fmt: skip
         if args.unbatched_baseline:
             serving["pytorch, max_batch_size 1"] = tagger_load(
-                model_folder, "pytorch", paths, args.clients, args.repeats, max_batch_size=1
+                model_folder, "pytorch", tagger_paths, args.clients, args.repeats, 1, args.tagger_requests
             )
 
     rows = []
@@ -891,7 +903,7 @@ def run_tagging(args: argparse.Namespace) -> dict[str, object]:
     )
     for backend, result in serving.items():
         figures = [(count, result[str(count)]) for count in args.clients]
-        print(f"web tagger ({backend}, loopback, best of {args.repeats}): " + "; ".join(
+        print(f"web tagger ({backend}, {len(tagger_paths)} images, loopback, best of {args.repeats}): " + "; ".join(
             f"{count} client(s) {run['requests_per_s']:.2f} req/s, p50 {run['p50_s']:.2f} s, p95 {run['p95_s']:.2f} s"
             for count, run in figures
         ))  # fmt: skip
@@ -906,6 +918,7 @@ def run_tagging(args: argparse.Namespace) -> dict[str, object]:
         "decode_only": decode,
         "previous_path_pytorch": previous_path,
         "backends": backends,
+        "tagger_images": [os.fspath(path) for path in tagger_paths],
         "tagger_load": serving,
         "load_average_end": load_average(),
     }
@@ -1080,6 +1093,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tagging.add_argument("--serving-backends", nargs="+", choices=TAGGING_BACKENDS, default=["pytorch"])
     tagging.add_argument("--max-batch-size", type=int, default=16, help="the tagger's --max-batch-size")
+    tagging.add_argument(
+        "--tagger-images",
+        default=None,
+        help="folder or file of the images the tagger's clients upload (default: the generated JPEGs)",
+    )
+    tagging.add_argument(
+        "--tagger-requests", type=int, default=160,
+        help="requests per run at each number of clients (at least 8 per client)",
+    )  # fmt: skip
     tagging.add_argument(
         "--unbatched-baseline", action="store_true",
         help="also time the tagger with --max-batch-size 1 (no request batching) at the same numbers of clients",

@@ -1,5 +1,6 @@
 """The web tagger as a server, in-process on a free localhost port, through `gradio_client` and raw HTTP: concurrent
-requests batched into one forward with the tags of sequential ones, the upload size limit, the cache cleanup."""
+requests batched into one forward with the tags of sequential ones, large JPEGs decoded as the pipeline decodes them
+with small thumbnails back, the upload size limit, the cache cleanup, the load benchmark."""
 
 import re
 import socket
@@ -17,7 +18,7 @@ from gradio_client import Client, handle_file
 from sadcl_hf import SADCLConfig, SADCLForImageClassification
 from sadcl_hf.image_processing import image_processor_for_config
 from sadcl_hf.serving.pipeline import load_pipeline
-from sadcl_hf.serving.web import DEFAULT_DELETE_CACHE, WebTagger, build_app, tagger_load_benchmark
+from sadcl_hf.serving.web import DEFAULT_DELETE_CACHE, THUMBNAIL_SIZE, WebTagger, build_app, tagger_load_benchmark
 
 LABELS = ["cat", "dog", "tree", "car", "boat", "bird"]
 NUM_REQUESTS = 6
@@ -152,6 +153,29 @@ def test_tagger_load_benchmark_reports_each_client_count(model_and_images, serve
     batch_sizes.clear()
     results = tagger_load_benchmark(url, paths[:2], clients=(1, 3), requests_per_client=(2, 1))
     assert sorted(results) == [1, 3] and [results[1]["requests"], results[3]["requests"]] == [2, 3]
-    assert sum(batch_sizes) == 5  # every request reached the model
+    assert sum(batch_sizes) == 1 + 5  # the untimed first request, then every timed one reached the model
     for result in results.values():
         assert 0 < result["p50_s"] <= result["p95_s"] and result["requests_per_s"] > 0
+
+
+def test_large_jpeg_is_tagged_as_the_pipeline_tags_it_with_a_small_thumbnail(model_and_images, tagger, tmp_path):
+    """A photo-sized JPEG: decoded at the processor's draft size as the pipeline decodes it (same scores), and the
+    thumbnail sent back is a small JPEG, not the uploaded file."""
+    model_dir, _ = model_and_images
+    photo = tmp_path / "photo.jpg"
+    pixels = np.random.default_rng(1).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    PIL.Image.fromarray(pixels).resize((1600, 1200), PIL.Image.Resampling.BICUBIC).save(photo, quality=90)
+    tags = load_pipeline(str(model_dir))(str(photo), threshold=0.0)
+    app = build_app(tagger)
+    url = _launch(app)
+    try:
+        result = Client(url, verbose=False).predict([handle_file(str(photo))], False, 0.0, api_name="/tag_images")
+    finally:
+        app.close()
+    shown = re.findall(r'data-label="([^"]+)" data-score="([0-9.]+)"', result[1])
+    assert [label for label, _ in shown] == [tag["label"] for tag in tags]
+    np.testing.assert_allclose([float(score) for _, score in shown], [tag["score"] for tag in tags], atol=1e-5)
+    [thumbnail] = result[2]  # the API outputs: status, tags, thumbnails, image choice, label choice
+    with PIL.Image.open(thumbnail["image"]) as image:
+        # from the drafted decode (1/8 of each side for this 64 px model), at most THUMBNAIL_SIZE, aspect kept
+        assert image.format == "JPEG" and image.size == (200, 150) and max(image.size) <= THUMBNAIL_SIZE

@@ -258,7 +258,7 @@ def test_benchmark_tagging_reports_end_to_end_beside_its_limits(tiny_model_dir, 
     arguments = [
         "tagging", "--model", model_dir, "--num-images", 4, "--photo-size", "320x240", "--batch-size", 2,
         "--num-workers", 1, "--repeats", 2, "--clients", 1, 2, "--cache-dir", tmp_path / "cache", "--output", output,
-        "--unbatched-baseline",
+        "--unbatched-baseline", "--tagger-images", tmp_path / "cache", "--tagger-requests", 6,
     ]  # fmt: skip
     result = run_script("benchmark", arguments)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -277,9 +277,11 @@ def test_benchmark_tagging_reports_end_to_end_beside_its_limits(tiny_model_dir, 
         assert row["end_to_end_workers_0"]["best"] > 0
         previous = report["previous_path_pytorch"]["best"]
         assert previous > 0 and row["end_to_end_vs_previous_path"] == pytest.approx(end_to_end / previous)
+    assert sorted(report["tagger_images"]) == [str(path) for path in images]  # --tagger-images: a folder of them
     assert set(report["tagger_load"]) == {"pytorch", "pytorch, max_batch_size 1"}
     for tagger in report["tagger_load"].values():  # the web tagger on loopback, 1 and 2 concurrent clients
         for clients in ("1", "2"):
-            assert len(tagger[clients]["runs"]) == 2 and tagger[clients]["requests"] == 4 * int(clients)
+            # at least 8 requests per client, 6 in all asked: 8 each
+            assert len(tagger[clients]["runs"]) == 2 and tagger[clients]["requests"] == 8 * int(clients)
             assert 0 < tagger[clients]["p50_s"] <= tagger[clients]["p95_s"]
         assert tagger["speedup"] == pytest.approx(tagger["2"]["requests_per_s"] / tagger["1"]["requests_per_s"])

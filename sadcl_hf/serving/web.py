@@ -38,8 +38,8 @@ from .onnx_runtime import SADCLOnnxModel
 from .pipeline import load_pipeline_image
 
 __all__ = [
-    "DEFAULT_DELETE_CACHE", "DEFAULT_MAX_BATCH_SIZE", "DEFAULT_MAX_FILE_SIZE", "WebTagger", "build_app",
-    "default_examples", "digits_mosaic_examples", "tagger_load_benchmark",
+    "DEFAULT_DELETE_CACHE", "DEFAULT_MAX_BATCH_SIZE", "DEFAULT_MAX_FILE_SIZE", "THUMBNAIL_SIZE", "WebTagger",
+    "build_app", "default_examples", "digits_mosaic_examples", "tagger_load_benchmark",
 ]  # fmt: skip
 
 DEFAULT_MAX_FILE_SIZE = "20mb"
@@ -48,6 +48,10 @@ DEFAULT_DELETE_CACHE = (3600, 3600)
 """Gradio's `delete_cache` (every `frequency` seconds, delete the uploads older than `age` seconds)."""
 DEFAULT_MAX_BATCH_SIZE = 16
 """Most concurrent requests batched into one forward."""
+THUMBNAIL_SIZE = 256
+"""Longer side, in pixels, of the thumbnails of tagged uploads (small JPEGs, not the uploaded files)."""
+OVERLAY_TILE_SIZE = 320
+"""Longer side, in pixels, of each tile of the attention picture."""
 
 _CSS = """
 .sadcl-image { margin-bottom: 0.8em; }
@@ -90,6 +94,16 @@ class WebTagger:
         """[K] decision thresholds: the model's own (`config.thresholds`, else 0.5) or `threshold` for every class."""
         return resolve_thresholds(None if calibrated else float(threshold), self.model.config)
 
+    def load_image(self, path: str | os.PathLike) -> PIL.Image.Image:
+        """An uploaded image as the pipeline opens it (JPEGs decoded at the image processor's draft size), so the
+        tags are the pipeline's."""
+        return self.pipeline.load_image(os.fspath(path))
+
+    def load_overlay_image(self, path: str | os.PathLike) -> PIL.Image.Image:
+        """An uploaded image for the attention picture: JPEGs decoded at the smallest DCT scale that still fills
+        an `OVERLAY_TILE_SIZE` tile, not at full size (a 12 MP photo: 1/4 of each side)."""
+        return load_pipeline_image(os.fspath(path), draft_size=(OVERLAY_TILE_SIZE, OVERLAY_TILE_SIZE))
+
     def forward(self, images: Sequence[PIL.Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
         """One forward over `images` (the pipeline's preprocessing): logits [N, K] float32 and, with the PyTorch
         backend, the decoder's cross-attention maps [N, K, h, w] (else None)."""
@@ -125,7 +139,9 @@ class WebTagger:
         `label_index`, titled with the label and its score."""
         score = 1.0 / (1.0 + np.exp(-float(logits[label_index])))
         title = f"{self.label_names[label_index]} {score:.2f}"
-        return render_attention_grid(image, maps[[label_index]], [title], image_title="input", tile_size=320)
+        return render_attention_grid(
+            image, maps[[label_index]], [title], image_title="input", tile_size=OVERLAY_TILE_SIZE
+        )
 
 
 def _tags_html(names: Sequence[str], tags: Sequence[Sequence[dict[str, Any]]], thresholds: np.ndarray) -> str:
@@ -191,10 +207,10 @@ def build_app(
     def overlay_of(state: dict, image_index: int, label_index: int):
         if state["maps"] is None:
             return None
-        image = load_pipeline_image(state["paths"][image_index])
+        image = tagger.load_overlay_image(state["paths"][image_index])
         return tagger.attention_overlay(image, state["maps"][image_index], state["logits"][image_index], label_index)
 
-    def request_outputs(files, state, problems, calibrated, threshold):
+    def request_outputs(files, state, thumbnail_images, problems, calibrated, threshold):
         """The page's outputs for one tagging request whose readable images were run into `state` (the attention
         map follows in its own event, beside the next batch)."""
         status = "\n\n".join(problems)
@@ -205,9 +221,9 @@ def build_app(
             return state, status, "", [], empty, empty
         image_choice = gr.update(choices=[(n, i) for i, n in enumerate(state["names"])], value=0)
         choices = tagger.label_choices(state["logits"][0], tagger.thresholds(calibrated, threshold))
-        thumbnails = list(zip(state["paths"], state["names"]))
         return (
-            state, status + no_maps, render(state, calibrated, threshold), thumbnails, image_choice,
+            state, status + no_maps, render(state, calibrated, threshold), list(zip(thumbnail_images, state["names"])),
+            image_choice,
             gr.update(choices=choices, value=choices[0][1]),
         )  # fmt: skip
 
@@ -215,26 +231,31 @@ def build_app(
         """Batched (Gradio `batch=True`): every readable image of every request in one [`WebTagger.forward`]."""
         requests, images = [], []
         for files in files_batch:
-            names, paths, problems = [], [], []
+            names, paths, thumbnail_images, problems = [], [], [], []
             for path in files or []:
                 name = Path(path).name
                 try:
-                    images.append(load_pipeline_image(path))
+                    images.append(tagger.load_image(path))
                 except ImageLoadError as error:
                     problems.append(f"**{name}** is not an image sadcl-hf can read: {error.reason}")
                     continue
+                thumbnail = images[-1].copy()
+                thumbnail.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
                 names.append(name)
                 paths.append(path)
-            requests.append((files, names, paths, problems))
+                thumbnail_images.append(thumbnail)
+            requests.append((files, names, paths, thumbnail_images, problems))
         logits, maps = tagger.forward(images) if images else (np.zeros((0, len(label_names))), None)
         columns, start = [[] for _ in range(6)], 0
-        for (files, names, paths, problems), calibrated, threshold in zip(requests, calibrated_batch, threshold_batch):
+        for (files, names, paths, thumbnail_images, problems), calibrated, threshold in zip(
+            requests, calibrated_batch, threshold_batch
+        ):
             end = start + len(names)
             state = {
                 "names": names, "paths": paths, "logits": logits[start:end].tolist(),
                 "maps": None if maps is None else maps[start:end],
             }  # fmt: skip
-            outputs = request_outputs(files, state, problems, calibrated, threshold)
+            outputs = request_outputs(files, state, thumbnail_images, problems, calibrated, threshold)
             for column, value in zip(columns, outputs):
                 column.append(value)
             start = end
@@ -284,7 +305,7 @@ def build_app(
                 files = gr.File(label="Images", file_count="multiple", elem_id="sadcl-images")
                 thumbnails = gr.Gallery(
                     label="Tagged images", columns=4, height="auto", allow_preview=False, interactive=False,
-                    elem_id="sadcl-thumbnails",
+                    format="jpeg", elem_id="sadcl-thumbnails",
                 )  # fmt: skip
                 if examples:
                     example_gallery = gr.Gallery(
@@ -338,39 +359,64 @@ def tagger_load_benchmark(
     url: str,
     image_paths: Sequence[str | os.PathLike],
     clients: Sequence[int] = (1, 16, 50),
-    requests_per_client: int | Sequence[int] = 4,
+    requests_per_client: int | Sequence[int] = 8,
     threshold: float = 0.5,
+    timeout: float = 300.0,
 ) -> dict[int, dict[str, float]]:
-    """Requests/s and latency of a running tagger (its `/tag_images` API, through `gradio_client`) under load.
+    """Requests/s and latency of a running tagger (its `tag_images` API) under load.
 
-    For each number of clients, that many threads, each with its own `gradio_client.Client` session, send
-    `requests_per_client` requests in a closed loop (one image each, taken round-robin from `image_paths`, uploaded
-    with the request) and wait for each answer.
+    For each number of clients, that many threads, each with its own HTTP connection, send `requests_per_client`
+    requests in a closed loop (one image each, taken round-robin from `image_paths`) and wait for each answer, after
+    one untimed request. A
+    request is what a browser does: upload the file (`/gradio_api/upload`), join the queue
+    (`/gradio_api/call/tag_images`), read the event stream to its `complete` event. Raw HTTP rather than
+    `gradio_client`, whose own work per request (about 0.2 CPU-seconds here, five times the tagger's) would be
+    measured instead of the tagger's when both share a machine.
 
     Returns `{clients: {"requests", "seconds", "requests_per_s", "p50_s", "p95_s"}}` (latency percentiles in
     seconds, upload included).
+
+    Raises:
+        RuntimeError: the tagger answered a request with an error event.
     """
     from concurrent.futures import ThreadPoolExecutor
     from time import perf_counter
 
-    from gradio_client import Client, handle_file
+    import httpx
+
+    api = url.rstrip("/") + "/gradio_api"
+    contents = [Path(path).read_bytes() for path in image_paths]
+
+    def tag(session: httpx.Client, index: int) -> None:
+        name = Path(image_paths[index]).name
+        [uploaded] = session.post(f"{api}/upload", files=[("files", (name, contents[index]))]).raise_for_status().json()
+        data = [[{"path": uploaded, "orig_name": name, "meta": {"_type": "gradio.FileData"}}], False, threshold]
+        event_id = session.post(f"{api}/call/tag_images", json={"data": data}).raise_for_status().json()["event_id"]
+        with session.stream("GET", f"{api}/call/tag_images/{event_id}") as events:
+            event = None
+            for line in events.raise_for_status().iter_lines():
+                if line.startswith("event: "):
+                    event = line.removeprefix("event: ")
+                elif line.startswith("data: ") and event in ("complete", "error"):
+                    if event == "error":
+                        raise RuntimeError(f"the tagger answered {name} with an error: {line.removeprefix('data: ')}")
+                    return
+        raise RuntimeError(f"the tagger's event stream for {name} ended without an answer")
 
     if isinstance(requests_per_client, int):
         requests_per_client = [requests_per_client] * len(clients)
+    with httpx.Client(timeout=timeout) as session:  # untimed: the server's first request (model, thread pools)
+        tag(session, 0)
     results = {}
     for num_clients, num_requests in zip(clients, requests_per_client):
-        with ThreadPoolExecutor(min(num_clients, 16)) as pool:  # one session per client, connected before timing
-            sessions = list(pool.map(lambda _: Client(url, verbose=False), range(num_clients)))
 
-        def run_client(
-            client_index: int, num_requests: int = num_requests, num_clients: int = num_clients, sessions=sessions
-        ):
+        def run_client(client_index: int, num_requests: int = num_requests, num_clients: int = num_clients):
             latencies = []
-            for request_index in range(num_requests):
-                path = image_paths[(client_index + request_index * num_clients) % len(image_paths)]
-                start = perf_counter()
-                sessions[client_index].predict([handle_file(os.fspath(path))], False, threshold, api_name="/tag_images")
-                latencies.append(perf_counter() - start)
+            with httpx.Client(timeout=timeout) as session:
+                for request_index in range(num_requests):
+                    start = perf_counter()
+                    tag(session, (client_index + request_index * num_clients) % len(image_paths))
+                    latencies.append(perf_counter() - start)
             return latencies
 
         start = perf_counter()
