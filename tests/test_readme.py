@@ -38,6 +38,8 @@ SKIPPED = {
     "export_onnx.py runs/demo/model": "calibrates and evaluates on the full digits-mosaic splits (minutes); "
     "tests/test_onnx.py and tests/test_script_output.py run the int8 export on small splits",
     "runs/demo-stage1": "needs the separate stage-1 run of the Performance section (minutes of training)",
+    "benchmark.py tagging": "minutes of timing (thousands of tagger requests); tests/test_onnx.py runs it on "
+    "small JPEGs (--clients, --unbatched-baseline, --tagger-images)",
 }
 # Appended to a command for time: the arguments given later on the command line win.
 SHORTENED = {"--output_dir runs/mine-cpu": ["--max_steps", "2"]}
