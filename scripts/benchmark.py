@@ -731,7 +731,7 @@ def tagger_load(
     clients: list[int],
     repeats: int,
     max_batch_size: int,
-    requests: int = 160,
+    requests: int,
 ) -> dict[str, object]:
     """Requests/s and p50/p95 latency of the web tagger (`sadcl_hf.serving.web.build_app`, launched on loopback with the
     `backend`) at each number of concurrent `clients`, each sending images of `image_paths`, through

@@ -367,8 +367,7 @@ def tagger_load_benchmark(
 
     For each number of clients, that many threads, each with its own HTTP connection, send `requests_per_client`
     requests in a closed loop (one image each, taken round-robin from `image_paths`) and wait for each answer, after
-    one untimed request. A
-    request is what a browser does: upload the file (`/gradio_api/upload`), join the queue
+    one untimed request. A request is what a browser does: upload the file (`/gradio_api/upload`), join the queue
     (`/gradio_api/call/tag_images`), read the event stream to its `complete` event. Raw HTTP rather than
     `gradio_client`, whose own work per request (about 0.2 CPU-seconds here, five times the tagger's) would be
     measured instead of the tagger's when both share a machine.
